@@ -1,0 +1,40 @@
+"""EngineConfig: the one source of defaults for device, dtype, capacity and paths."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .checkpoint import DEFAULT_WEIGHTS_DIR, MODEL_SUBDIR, SNAC_SUBDIR
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_dtype(device: str) -> str:
+    return "bfloat16" if device.startswith("cuda") else "float32"
+
+
+@dataclass
+class EngineConfig:
+    model: str = str(DEFAULT_WEIGHTS_DIR / MODEL_SUBDIR)  # directory or hub id
+    snac: str = str(DEFAULT_WEIGHTS_DIR / SNAC_SUBDIR)
+    demo: bool = False  # build and use random weights of the real layout
+    demo_dir: Path = Path.home() / ".cache" / "orpheus-local" / "demo"
+    device: str | None = None  # None: cuda when present, else cpu
+    dtype: str | None = None  # None: bfloat16 on cuda, float32 on cpu
+    backend: str = "engine"  # "engine" (batched) or "reference" (transformers generate)
+    max_slots: int | None = None  # concurrent sequences in the KV cache; None: derived from memory
+    max_prompt_tokens: int = 512
+    max_new_tokens: int = 2000
+    max_queue: int = 256  # requests waiting for a slot before new ones get 429
+    cuda_graphs: bool = True
+
+    def resolved_device(self) -> str:
+        return self.device or default_device()
+
+    def resolved_dtype(self) -> str:
+        return self.dtype or default_dtype(self.resolved_device())

@@ -1,0 +1,75 @@
+"""Per-request synthesis parameters: the API contract's fields, defaults and ranges, in one place."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+TRAINED_VOICES = ("tara", "leah", "jess", "leo", "dan", "mia", "zac", "zoe")
+# Segmind lists josh and emma; they are not trained speakers, the name is passed through as prefix.
+VOICES = TRAINED_VOICES + ("josh", "emma")
+DEFAULT_VOICE = "dan"
+
+# field -> (low, high) inclusive
+RANGES = {
+    "temperature": (0.1, 1.5),
+    "top_p": (0.1, 1.0),
+    "max_new_tokens": (100, 2000),
+    "repetition_penalty": (1.0, 2.0),
+}
+
+
+@dataclass(frozen=True)
+class SynthesisParams:
+    text: str
+    voice: str | None = DEFAULT_VOICE
+    temperature: float = 0.6
+    top_p: float = 0.95
+    max_new_tokens: int = 1200
+    repetition_penalty: float = 1.1
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.text, str):
+            raise ValueError("text: must be a string")
+        if not self.text.strip():
+            raise ValueError("text: must not be empty")
+        if self.voice is not None:
+            if not isinstance(self.voice, str):
+                raise ValueError("voice: must be a string")
+            voice = self.voice.strip().lower()
+            if voice not in VOICES:
+                raise ValueError(f"voice: unknown voice {self.voice!r}; choose one of {', '.join(VOICES)}")
+            object.__setattr__(self, "voice", voice)
+        for name, (lo, hi) in RANGES.items():
+            value = getattr(self, name)
+            kind = int if name == "max_new_tokens" else float
+            object.__setattr__(self, name, _check_number(name, value, kind, lo, hi))
+        if self.seed is not None:
+            if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+                raise ValueError("seed: must be an integer")
+            if not 0 <= self.seed < 2**63:
+                raise ValueError("seed: must be in 0..2**63-1")
+
+    def replace(self, **changes) -> "SynthesisParams":
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values.update(changes)
+        return SynthesisParams(**values)
+
+
+def _check_number(name: str, value, kind: type, lo: float, hi: float):
+    # bool is an int subclass: True is never a valid temperature.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name}: must be a number, got {type(value).__name__}")
+    if kind is int:
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise ValueError(f"{name}: must be an integer")
+            value = int(value)
+    else:
+        value = float(value)
+        if not math.isfinite(value):
+            raise ValueError(f"{name}: must be a finite number")
+    if not lo <= value <= hi:
+        raise ValueError(f"{name}: must be between {lo} and {hi}, got {value}")
+    return value

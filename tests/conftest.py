@@ -1,0 +1,36 @@
+"""Shared fixtures: a random-weight checkpoint of the real layout, built once per test session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from orpheus_local.config import EngineConfig
+from orpheus_local.demo import build_demo_checkpoint
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+TEST_BACKEND = os.environ.get("ORPHEUS_TEST_BACKEND", "reference")
+
+
+@pytest.fixture(scope="session")
+def demo_dirs(tmp_path_factory):
+    """(model_dir, snac_dir) of the tiny demo checkpoint, saved in the Hugging Face layout."""
+    return build_demo_checkpoint(tmp_path_factory.mktemp("demo"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def demo_config(demo_dirs) -> EngineConfig:
+    model_dir, snac_dir = demo_dirs
+    return EngineConfig(model=str(model_dir), snac=str(snac_dir), device="cpu", backend=TEST_BACKEND, max_queue=16)
+
+
+@pytest.fixture(scope="session")
+def synthesizer(demo_config):
+    from orpheus_local.synth import Synthesizer
+
+    synth = Synthesizer.load(demo_config)
+    yield synth
+    synth.close()
