@@ -37,17 +37,26 @@ SPECIAL_TOKENS = {
 }
 
 
-def llama_config(shape: str = "tiny", max_position_embeddings: int = 131072):
+def config_dict(shape: str = "tiny", dtype: str = "float32") -> dict:
+    """config.json as the published Orpheus checkpoint writes it (rope_theta + rope_scaling keys)."""
+    dims = SHAPES[shape]
+    return {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "vocab_size": fmt.VOCAB_SIZE, **dims, "head_dim": dims["hidden_size"] // dims["num_attention_heads"],
+        "hidden_act": "silu", "max_position_embeddings": 131072, "rms_norm_eps": 1e-5,
+        "rope_theta": 500000.0,
+        "rope_scaling": {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                         "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+        "attention_bias": False, "mlp_bias": False, "tie_word_embeddings": True,
+        "bos_token_id": fmt.BEGIN_OF_TEXT, "eos_token_id": fmt.END_OF_SPEECH, "pad_token_id": fmt.PAD,
+        "torch_dtype": dtype,
+    }
+
+
+def llama_config(shape: str = "tiny"):
     from transformers import LlamaConfig
 
-    return LlamaConfig(
-        vocab_size=fmt.VOCAB_SIZE, **SHAPES[shape], head_dim=SHAPES[shape]["hidden_size"] // SHAPES[shape]["num_attention_heads"],
-        max_position_embeddings=max_position_embeddings, rms_norm_eps=1e-5, rope_theta=500000.0,
-        rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
-                      "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
-        tie_word_embeddings=True, bos_token_id=fmt.BEGIN_OF_TEXT, eos_token_id=fmt.END_OF_SPEECH,
-        pad_token_id=fmt.PAD, torch_dtype="float32",
-    )
+    return LlamaConfig(**{k: v for k, v in config_dict(shape).items() if k not in ("architectures", "model_type", "torch_dtype")})
 
 
 def build_tokenizer():
@@ -71,16 +80,48 @@ def build_tokenizer():
     )
 
 
-def build_demo_model(dest: Path, seed: int = 0, shape: str = "tiny") -> Path:
-    """Save a random-weight Orpheus-layout checkpoint (safetensors + tokenizer) to dest."""
+def random_llama_weights(config, seed: int, dtype, device: str = "cpu") -> dict:
+    """Hugging Face Llama tensor names -> random tensors (normal, std 0.02; norms at 1)."""
     import torch
-    from transformers import LlamaForCausalLM
+
+    gen = torch.Generator(device=device).manual_seed(seed)
+    h, inter, kv = config.hidden_size, config.intermediate_size, config.num_key_value_heads * config.head_dim
+
+    def normal(*shape):
+        return (torch.randn(*shape, generator=gen, device=device, dtype=torch.float32) * 0.02).to(dtype)
+
+    weights = {"model.embed_tokens.weight": normal(config.vocab_size, h),
+               "model.norm.weight": torch.ones(h, dtype=dtype, device=device)}
+    for i in range(config.num_hidden_layers):
+        p = f"model.layers.{i}."
+        weights.update({
+            p + "self_attn.q_proj.weight": normal(config.num_attention_heads * config.head_dim, h),
+            p + "self_attn.k_proj.weight": normal(kv, h),
+            p + "self_attn.v_proj.weight": normal(kv, h),
+            p + "self_attn.o_proj.weight": normal(h, config.num_attention_heads * config.head_dim),
+            p + "mlp.gate_proj.weight": normal(inter, h),
+            p + "mlp.up_proj.weight": normal(inter, h),
+            p + "mlp.down_proj.weight": normal(h, inter),
+            p + "input_layernorm.weight": torch.ones(h, dtype=dtype, device=device),
+            p + "post_attention_layernorm.weight": torch.ones(h, dtype=dtype, device=device),
+        })
+    return weights
+
+
+def build_demo_model(dest: Path, seed: int = 0, shape: str = "tiny", dtype: str = "float32", device: str = "cpu") -> Path:
+    """Save a random-weight Orpheus-layout checkpoint (config, safetensors, tokenizer) to dest.
+
+    Tensors are drawn directly (no model object), so even the real 3B shape builds in seconds on a GPU.
+    """
+    import torch
+    from safetensors.torch import save_file
 
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(llama_config(shape))
-    model.save_pretrained(str(dest), safe_serialization=True)
+    config = llama_config(shape)
+    weights = random_llama_weights(config, seed, getattr(torch, dtype), device)
+    save_file({k: v.cpu().contiguous() for k, v in weights.items()}, str(dest / "model.safetensors"), metadata={"format": "pt"})
+    (dest / "config.json").write_text(json.dumps(config_dict(shape, dtype), indent=2))
     build_tokenizer().save_pretrained(str(dest))
     return dest
 

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 from decimal import Decimal
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from orpheus_local.checkpoint import DEFAULT_WEIGHTS_DIR, MODEL_SUBDIR, SNAC_SUBDIR
 from orpheus_local.config import EngineConfig
 
 _ENGINE_DEFAULTS = EngineConfig()
 
 
 class ServerSettings(BaseSettings):
-    """Serve Orpheus 3B over HTTP. Every setting can also be set as ORPHEUS_<NAME> in the
-    environment (for example ORPHEUS_PORT=9000); flags win over the environment."""
+    """Serve Orpheus 3B over HTTP. Each setting can also be set as ORPHEUS_<NAME> (e.g. ORPHEUS_PORT=9000); flags win."""
 
     model_config = SettingsConfigDict(
         env_prefix="ORPHEUS_",
@@ -27,18 +26,15 @@ class ServerSettings(BaseSettings):
     )
 
     # --- model ---
-    weights: Path = Field(
-        DEFAULT_WEIGHTS_DIR,
-        description=f"directory holding {MODEL_SUBDIR}/ and {SNAC_SUBDIR}/, as fetch-weights writes it",
-    )
-    model: str | None = Field(None, description="Orpheus model directory or hub id (default: WEIGHTS/" + MODEL_SUBDIR + ")")
-    snac: str | None = Field(None, description="SNAC codec directory or hub id (default: WEIGHTS/" + SNAC_SUBDIR + ")")
+    weights: str = Field(_ENGINE_DEFAULTS.model, description="Orpheus model directory or hub id")
+    snac: str = Field(_ENGINE_DEFAULTS.snac, description="SNAC 24 kHz codec directory or hub id")
     demo: bool = Field(False, description="serve a random-weight model of the real layout (noise, not speech)")
     demo_dir: Path = Field(_ENGINE_DEFAULTS.demo_dir, description="where --demo builds its random weights")
-    device: str | None = Field(None, description="torch device (default: cuda when present, else cpu)")
-    dtype: str | None = Field(None, description="weights dtype (default: bfloat16 on cuda, float32 on cpu)")
-    backend: str = Field(_ENGINE_DEFAULTS.backend, description="'engine' (batched) or 'reference' (transformers generate)")
-    max_slots: int | None = Field(None, ge=1, description="concurrent sequences in the KV cache (default: derived from memory)")
+    device: str | None = Field(None, description="torch device; unset: cuda when present, else cpu")
+    dtype: Literal["float32", "bfloat16", "float16"] | None = Field(None, description="weights dtype; unset: bfloat16 on cuda, float32 on cpu")
+    backend: Literal["engine", "reference"] = Field(
+        _ENGINE_DEFAULTS.backend, description="engine (batched) or reference (transformers generate)")
+    max_slots: int | None = Field(None, ge=1, description="concurrent sequences in the KV cache; unset: derived from memory")
     max_queue: int = Field(_ENGINE_DEFAULTS.max_queue, ge=1, description="requests waiting for a slot in the engine")
     warmup: bool = Field(True, description="run one short generation before reporting ready")
 
@@ -53,12 +49,12 @@ class ServerSettings(BaseSettings):
     max_in_flight: int = Field(256, ge=1, description="requests generating or queued before new ones get 429")
     max_jobs: int = Field(1000, ge=1, description="v2 jobs kept in memory (queued, running and finished)")
     job_ttl_s: float = Field(3600.0, gt=0, description="seconds a finished v2 result is kept")
-    log_level: str = Field("info", description="debug, info, warning or error")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log verbosity")
 
     def engine_config(self) -> EngineConfig:
         return EngineConfig(
-            model=self.model or str(self.weights / MODEL_SUBDIR),
-            snac=self.snac or str(self.weights / SNAC_SUBDIR),
+            model=self.weights,
+            snac=self.snac,
             demo=self.demo,
             demo_dir=self.demo_dir,
             device=self.device,

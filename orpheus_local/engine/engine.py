@@ -83,25 +83,41 @@ class Engine:
         for request in dropped:
             request.stream.finish()
         if admitted:
-            self._route(admitted, self.runner.prefill(admitted))
-        running = [r for r in self.scheduler.running if r not in admitted]
-        if running:
+            try:
+                tokens = self.runner.prefill(admitted)
+            except Exception:  # only the requests in this prefill fail; the running batch goes on
+                log.exception("prefill failed for %s", [r.request_id for r in admitted])
+                for request in admitted:
+                    self._finish(request, Status.FAILED, GenerationError(request.request_id))
+            else:
+                self._route(admitted, tokens)
+        # Every running slot decodes, the ones just prefilled included: the runner steps all active
+        # slots together, so the engine must route a token to each of them.
+        if self.scheduler.running:
+            running = list(self.scheduler.running)
             self._route(running, self.runner.decode(running))
         self.steps += 1
 
     def _route(self, requests: list[Request], tokens: list[int]) -> None:
         now = time.perf_counter()
         for request, token in zip(requests, tokens):
-            if request.first_token_at is None:
-                request.first_token_at = now
-            if token == fmt.END_OF_SPEECH:
-                self._finish(request, Status.FINISHED)
-                continue
-            request.generated.append(token)
-            if len(request.generated) % fmt.FRAME_TOKENS == 0:
-                request.stream.put(request.generated[-fmt.FRAME_TOKENS:])  # consumers want whole frames
-            if request.budget_left() <= 0:
-                self._finish(request, Status.FINISHED)
+            try:
+                self._accept(request, token, now)
+            except Exception:  # a failure while handing over one request's tokens fails it alone
+                log.exception("request %s failed", request.request_id)
+                self._finish(request, Status.FAILED, GenerationError(request.request_id))
+
+    def _accept(self, request: Request, token: int, now: float) -> None:
+        if request.first_token_at is None:
+            request.first_token_at = now
+        if token == fmt.END_OF_SPEECH:
+            self._finish(request, Status.FINISHED)
+            return
+        request.generated.append(token)
+        if len(request.generated) % fmt.FRAME_TOKENS == 0:
+            request.stream.put(request.generated[-fmt.FRAME_TOKENS:])  # consumers want whole frames
+        if request.budget_left() <= 0:
+            self._finish(request, Status.FINISHED)
 
     def _finish(self, request: Request, status: Status, error: BaseException | None = None) -> None:
         self.scheduler.release(request, status)

@@ -6,6 +6,7 @@ engine thread; the lock guards the waiting queue, the only state both sides touc
 
 from __future__ import annotations
 
+import heapq
 import threading
 from collections import deque
 
@@ -19,7 +20,8 @@ class Scheduler:
         self.max_queue = max_queue
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
-        self.free_slots = list(range(num_slots - 1, -1, -1))  # pop() hands out slot 0 first
+        # Lowest free slot first: running slots stay packed at the low end, where decode runs in place.
+        self.free_slots = list(range(num_slots))
         self._lock = threading.Lock()
         self.wakeup = threading.Event()
 
@@ -40,7 +42,7 @@ class Scheduler:
                     request.status = Status.CANCELLED
                     dropped.append(request)
                     continue
-                request.slot = self.free_slots.pop()
+                request.slot = heapq.heappop(self.free_slots)
                 request.status = Status.RUNNING
                 admitted.append(request)
         self.running.extend(admitted)
@@ -53,7 +55,7 @@ class Scheduler:
         """Take a request out of the running batch and give its slot back."""
         self.running.remove(request)
         request.status = status
-        self.free_slots.append(request.slot)
+        heapq.heappush(self.free_slots, request.slot)
 
     def drain_waiting(self) -> list[Request]:
         with self._lock:

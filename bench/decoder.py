@@ -1,0 +1,155 @@
+"""Streaming SNAC decoder against one-shot decoding and the official 4-frame-window scheme.
+
+Real 24 kHz SNAC architecture with random weights (compute does not depend on the weights), random
+codes, side by side in one run. Compute is the wall time of the decode calls, median over repeats.
+
+    python bench/decoder.py --json bench/results/decoder-cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from orpheus_local import format as fmt  # noqa: E402
+from orpheus_local.checkpoint import load_snac  # noqa: E402
+from orpheus_local.codec import FRAME_SECONDS, SnacCodec, StreamDecoder, Window  # noqa: E402
+from orpheus_local.demo import build_demo_snac  # noqa: E402
+
+OFFICIAL_WINDOW = 4  # frames re-decoded for every new frame; samples 2048:4096 are kept
+
+
+def official_windows(frames: np.ndarray) -> list[Window]:
+    """The official streaming scheme, for comparison only: once n >= 4 frames exist, decode the last
+    4 and keep the second. Frame 0 and the last two frames are never heard."""
+    return [Window(frames[n - OFFICIAL_WINDOW:n], 1, 1, n - 3) for n in range(OFFICIAL_WINDOW, len(frames) + 1)]
+
+
+def streamed_windows(frames: np.ndarray, speed: float) -> tuple[list[Window], int]:
+    """Windows a StreamDecoder hands out while frames arrive one at a time at `speed` x real time,
+    on a simulated clock; and the tokens generated when the first window left."""
+    now = [0.0]
+    decoder = StreamDecoder(clock=lambda: now[0])
+    windows, first_tokens = [], 0
+    for i in range(len(frames)):
+        now[0] = i * FRAME_SECONDS / speed
+        decoder.push(frames[i:i + 1])
+        while (w := decoder.ready_window()) is not None:
+            first_tokens = first_tokens or fmt.FRAME_TOKENS * decoder.frames_pushed
+            windows.append(w)
+    decoder.finish()
+    windows += list(iter(decoder.ready_window, None))
+    return windows, first_tokens
+
+
+def median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def snr_db(reference: np.ndarray, test: np.ndarray) -> float:
+    noise = np.sum((reference.astype(np.float64) - test) ** 2)
+    return float(10 * np.log10(np.sum(reference.astype(np.float64) ** 2) / noise)) if noise else float("inf")
+
+
+def keep_freed_memory() -> None:
+    # glibc returns large freed blocks to the OS, so every long decode faults its activations in
+    # again (page zeroing, several times the compute on CPU). That penalises the one-shot decode most;
+    # keeping freed memory makes the ratios compare compute.
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, (1 << 31) - 1)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+def run(args) -> dict:
+    snac_dir = build_demo_snac(Path(tempfile.mkdtemp()) / "snac", seed=0)
+    codec = SnacCodec(load_snac(snac_dir, args.device), args.device)  # as served: noise on
+    quiet = SnacCodec(load_snac(snac_dir, args.device), args.device, noise=False)  # for the SNR
+    frames = np.random.default_rng(args.seed).integers(0, fmt.CODEBOOK_SIZE, (args.frames, fmt.FRAME_TOKENS))
+    windows, first_tokens = streamed_windows(frames, args.speed)
+    official = official_windows(frames)
+
+    one_shot_s = median_seconds(lambda: codec.decode(frames), args.repeats)
+    # One stream alone: one decode call per window, as a stream gets without batching partners.
+    streamed_s = median_seconds(lambda: [codec.decode_windows([w]) for w in windows], args.repeats)
+    official_s = median_seconds(lambda: [codec.decode_windows([w]) for w in official], args.repeats)
+
+    streamed = np.concatenate(quiet.decode_windows(windows))
+    assert len(streamed) == fmt.SAMPLES_PER_FRAME * len(frames)
+    return {
+        "decoder_overhead": streamed_s / one_shot_s,
+        "official_window_overhead": official_s / one_shot_s,
+        "first_audio_tokens": first_tokens,
+        "official_first_audio_tokens": fmt.FRAME_TOKENS * OFFICIAL_WINDOW,
+        "stream_snr_db": snr_db(quiet.decode(frames), streamed),
+        "decoded_frames_ratio": sum(len(w.frames) for w in windows) / len(frames),
+        "chunk_frames": [w.count for w in windows],
+        "one_shot_s": one_shot_s, "streamed_s": streamed_s, "official_s": official_s,
+        "frames": len(frames), "audio_s": len(frames) * FRAME_SECONDS, "generation_speed": args.speed,
+        "repeats": args.repeats, "device": args.device, "torch_threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+        "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
+        "date": time.strftime("%Y-%m-%d"), "command": " ".join(["python", *sys.argv]),
+    }
+
+
+def print_table(r: dict) -> None:
+    rows = [
+        ("decoder overhead (streamed / one-shot compute)", f"{r['decoder_overhead']:.2f}x", "<= 1.5x"),
+        ("official 4-frame window overhead", f"{r['official_window_overhead']:.2f}x", "~4x"),
+        ("first audio after (tokens)", r["first_audio_tokens"], "<= 14 (official 28)"),
+        ("streamed vs one-shot SNR, noise off (dB)", f"{r['stream_snr_db']:.1f}", ">= 40"),
+        ("frames decoded per frame streamed", f"{r['decoded_frames_ratio']:.2f}", ""),
+    ]
+    print(f"{r['frames']} frames ({r['audio_s']:.1f} s), generated at {r['generation_speed']}x real time, "
+          f"{r['device']}, {r['torch_threads']} threads; one-shot {r['one_shot_s']:.2f} s, "
+          f"streamed {r['streamed_s']:.2f} s, official {r['official_s']:.2f} s")
+    print(f"chunks (frames): {r['chunk_frames']}")
+    for name, value, target in rows:
+        print(f"  {name:<48} {value!s:>8}   {target}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--json", type=Path, help="write the results here")
+    p.add_argument("--frames", type=int, default=140, help="stream length (140 frames = 12 s)")
+    p.add_argument("--speed", type=float, default=3.0,
+                   help="generation speed, x real time, that paces the frames (default: the single-stream target)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: on shared cores a second thread stalls whenever a core is busy)")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    keep_freed_memory()
+    results = run(args)
+    print_table(results)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

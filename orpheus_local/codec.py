@@ -1,0 +1,232 @@
+"""SNAC decoding: one-shot, and streaming with context frames, batched across streams.
+
+A frame is 7 codes = 2048 samples. SNAC's decoder is convolutional: a sample depends on the codes up
+to 2.25 frames away on either side (measured on the 24 kHz architecture: beyond that the output is
+bit-exact; one frame away the error is already 34 dB down, two frames away 70 dB down). A streamed
+chunk is therefore decoded inside a window of context frames, and only its own samples are kept.
+
+Driving many streams from one codec worker thread:
+
+    decoder = StreamDecoder()            # one per request
+    decoder.push(frames)                 # [n, 7] codes, as the model generates them (any thread)
+    decoder.finish()                     # after the last frame
+    ...
+    # worker, every tick (at least every ~20 ms while streams are open):
+    ready = [(s, w) for s in streams for w in iter(s.decoder.ready_window, None)]
+    pcm = codec.decode_windows([w for _, w in ready])   # one batched decode for all streams
+    for (s, _), chunk in zip(ready, pcm):
+        s.send(chunk)
+    # a stream is complete when s.decoder.done
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from . import format as fmt
+
+FRAME_SECONDS = fmt.SAMPLES_PER_FRAME / fmt.SAMPLE_RATE
+
+
+@dataclass(frozen=True)
+class Window:
+    """Frames to decode together; the samples of frames [left, left + count) are the chunk."""
+
+    frames: np.ndarray  # [left + count + right, 7] codes
+    left: int  # context frames before the chunk
+    count: int  # frames whose audio is emitted
+    start: int  # index in the stream of the chunk's first frame
+
+
+class SnacCodec:
+    """A float32 SNAC on one device. Takes ownership of the model and prepares it for inference.
+
+    noise=False removes the decoder's noise blocks (they draw fresh Gaussian noise on every call), so
+    decoding is deterministic and streamed audio can be compared with one-shot audio.
+    max_batch_frames bounds the frames of one decode call (activation memory grows with it).
+    """
+
+    def __init__(self, model: nn.Module, device: str | torch.device = "cpu", *, noise: bool = True,
+                 max_batch_frames: int = 1024):
+        _bake_weight_norm(model)
+        if not noise:
+            _remove_noise(model)
+        self.device = torch.device(device)
+        self.model = model.to(self.device, torch.float32).eval()
+        self.max_batch_frames = max_batch_frames
+
+    def decode(self, frames: np.ndarray) -> np.ndarray:
+        """[F, 7] codes -> float32 [2048 * F] PCM, the whole utterance in one call."""
+        frames = np.asarray(frames, dtype=np.int64).reshape(-1, fmt.FRAME_TOKENS)
+        if not len(frames):
+            return np.zeros(0, dtype=np.float32)
+        return self.decode_windows([Window(frames, 0, len(frames), 0)])[0]
+
+    def decode_windows(self, windows: Sequence[Window]) -> list[np.ndarray]:
+        """Each window's chunk, float32 [2048 * count], in order.
+
+        Windows of equal length share a decode call; padding shorter ones would change their edges.
+        """
+        out: list[np.ndarray | None] = [None] * len(windows)
+        by_length: dict[int, list[int]] = defaultdict(list)
+        for i, w in enumerate(windows):
+            by_length[len(w.frames)].append(i)
+        for length, idx in by_length.items():
+            per_call = max(1, self.max_batch_frames // length)
+            for b in range(0, len(idx), per_call):
+                group = idx[b:b + per_call]
+                pcm = self._decode_batch(np.stack([windows[i].frames for i in group]))
+                for i, row in zip(group, pcm):
+                    w = windows[i]
+                    out[i] = row[w.left * fmt.SAMPLES_PER_FRAME:(w.left + w.count) * fmt.SAMPLES_PER_FRAME]
+        return out
+
+    def _decode_batch(self, frames: np.ndarray) -> np.ndarray:
+        """[B, W, 7] codes -> float32 [B, 2048 * W]."""
+        with torch.inference_mode():
+            codes = [torch.from_numpy(c).to(self.device) for c in fmt.frames_to_codes(frames)]
+            audio = self.model.decode(codes)  # [B, 1, 2048 * W]
+            return audio[:, 0].float().cpu().numpy()
+
+
+def _bake_weight_norm(model: nn.Module) -> None:
+    # Weight norm recomputes every weight from (g, v) on each forward: 80 MB of work per call that
+    # inference does not need.
+    for module in model.modules():
+        if parametrize.is_parametrized(module, "weight"):
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+
+
+def _remove_noise(model: nn.Module) -> None:
+    from snac.layers import NoiseBlock
+
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, NoiseBlock):
+                setattr(module, name, nn.Identity())
+
+
+class StreamDecoder:
+    """One stream's frames -> windows whose chunks, played in order, are the one-shot decode.
+
+    Right context delays every chunk by right_context frames, so it sets the first-audio depth: with
+    one frame of right context the first chunk (frame 0) leaves once 2 frames (14 tokens) exist. One
+    frame is enough for the seams to stay above 40 dB SNR; left context costs compute, not latency,
+    so it gets two. Frame 0 needs no left context and the last frame no right context: the one-shot
+    decode sees zero padding there too, so every frame is heard and the output is 2048 * F samples.
+
+    After the first chunk, chunks grow while the listener has audio in hand: a chunk waits for more
+    frames only as long as the audio already emitted outlasts collecting them (at the measured
+    generation rate, less margin_s for decoding and delivery). Fewer, longer windows cost less
+    context and per-call work. Sizes are powers of two (up to max_chunk) so that windows of different
+    streams often have equal length and batch together.
+
+    push() and finish() may be called from another thread than ready_window().
+    """
+
+    def __init__(self, *, left_context: int = 2, right_context: int = 1, max_chunk: int = 32,
+                 margin_s: float = 0.1, clock: Callable[[], float] = time.monotonic):
+        self.left_context, self.right_context = left_context, right_context
+        self.max_chunk, self.margin_s, self._clock = max_chunk, margin_s, clock
+        self._lock = threading.Lock()
+        self._buf = np.zeros((0, fmt.FRAME_TOKENS), dtype=np.int64)  # frames from index _base on
+        self._base = 0
+        self._pushed = self._emitted = 0
+        self._finished = False
+        self._first_push: tuple[float, int] | None = None  # (time, frames in that push)
+        self._first_emit_time = 0.0
+
+    @property
+    def frames_pushed(self) -> int:
+        return self._pushed
+
+    @property
+    def frames_emitted(self) -> int:
+        return self._emitted
+
+    @property
+    def done(self) -> bool:
+        """finish() was called and every frame has been handed out in a window."""
+        return self._finished and self._emitted == self._pushed
+
+    def push(self, frames: np.ndarray) -> None:
+        """Append [n, 7] codes."""
+        frames = np.asarray(frames, dtype=np.int64).reshape(-1, fmt.FRAME_TOKENS)
+        with self._lock:
+            assert not self._finished, "push() after finish()"
+            if self._first_push is None:
+                self._first_push = (self._clock(), len(frames))
+            self._buf = np.concatenate([self._buf, frames])
+            self._pushed += len(frames)
+
+    def finish(self) -> None:
+        """No more frames: the rest is emitted without waiting for right context."""
+        with self._lock:
+            self._finished = True
+
+    def ready_window(self) -> Window | None:
+        """The next window to decode now, or None (call again on the next tick)."""
+        with self._lock:
+            count = self._next_count()
+            if not count:
+                return None
+            start, end = self._emitted, self._emitted + count
+            lo = max(0, start - self.left_context)
+            hi = min(self._pushed, end + self.right_context)
+            window = Window(self._buf[lo - self._base:hi - self._base].copy(), start - lo, count, start)
+            if start == 0:
+                self._first_emit_time = self._clock()
+            self._emitted = end
+            keep_from = max(0, end - self.left_context)  # history the next window needs
+            self._buf = self._buf[keep_from - self._base:]
+            self._base = keep_from
+            return window
+
+    def _next_count(self) -> int:
+        """Frames the next chunk emits now; 0: wait."""
+        available = self._pushed - self._emitted
+        if self._finished:
+            return min(available, self.max_chunk)
+        ready = available - self.right_context  # frames whose right context has arrived
+        if ready < 1:
+            return 0
+        if self._emitted and ready < self.max_chunk and not self._must_emit():
+            return 0
+        return 1 << (min(ready, self.max_chunk).bit_length() - 1)
+
+    def _must_emit(self) -> bool:
+        """Would waiting for one more frame let the listener's audio run out?"""
+        now = self._clock()
+        buffered = self._emitted * FRAME_SECONDS - (now - self._first_emit_time)
+        if buffered <= self.margin_s:
+            return True
+        first_time, first_count = self._first_push
+        elapsed = now - first_time
+        rate = (self._pushed - first_count) / elapsed if elapsed > 0 else math.inf  # frames per second
+        return rate * (buffered - self.margin_s) < 1  # not one more frame before the margin is reached
+
+
+def iter_stream(codec: SnacCodec, frame_batches: Iterable[np.ndarray],
+                decoder: StreamDecoder | None = None) -> Iterator[np.ndarray]:
+    """PCM chunks of one stream as its [n, 7] frame batches arrive (a single-stream convenience)."""
+    decoder = decoder or StreamDecoder()
+    for frames in frame_batches:
+        decoder.push(frames)
+        yield from _drain(codec, decoder)
+    decoder.finish()
+    yield from _drain(codec, decoder)
+
+
+def _drain(codec: SnacCodec, decoder: StreamDecoder) -> Iterator[np.ndarray]:
+    while (window := decoder.ready_window()) is not None:
+        yield codec.decode_windows([window])[0]

@@ -1,0 +1,125 @@
+"""ModelRunner: owns the device. Builds inputs, runs prefill and decode, samples; makes no policy.
+
+Decode runs over the contiguous slot range 0..n-1 in place (n a power-of-two bucket above the highest
+running slot), so the cache is never gathered; free slots inside the range compute throwaway rows
+that write only into their own, unused slot. Per-slot state lives in device buffers, so on CUDA one
+decode step is a graph replay, captured per (n, kv_len) bucket, followed by one host sync.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from ..config import EngineConfig
+from ..model.kv_cache import KVCache, default_slot_count
+from ..model.llama import LlamaModel
+from ..model.sampler import Sampler
+from .request import Request
+
+log = logging.getLogger(__name__)
+
+KV_BUCKET = 256  # attended cache length is rounded up to this: fewer graphs, little wasted reading
+
+
+class ModelRunner:
+    def __init__(self, model: LlamaModel, num_slots: int, max_prompt_tokens: int, max_new_tokens: int,
+                 cuda_graphs: bool = True):
+        self.model = model
+        self.device = model.device
+        self.num_slots = num_slots
+        self.max_prompt_tokens = max_prompt_tokens
+        self.max_len = max_prompt_tokens + max_new_tokens
+        self.cache = KVCache(model.config, num_slots, self.max_len, self.device, model.dtype)
+        self.sampler = Sampler(num_slots, self.device)
+        # Decode inputs, per slot: the last sampled id, its position, and whether the slot is running.
+        self.tokens = torch.zeros(num_slots, dtype=torch.long, device=self.device)
+        self.positions = torch.zeros(num_slots, dtype=torch.long, device=self.device)
+        self.active = torch.zeros(num_slots, dtype=torch.long, device=self.device)
+        self.out = torch.zeros(num_slots, dtype=torch.long, device=self.device)
+        self.use_graphs = cuda_graphs and self.device.type == "cuda"
+        self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
+        self._pool = None
+
+    @classmethod
+    def load(cls, config: EngineConfig, model_dir, device: str, dtype: str) -> "ModelRunner":
+        model = LlamaModel.from_pretrained(model_dir, device, dtype)
+        max_len = config.max_prompt_tokens + config.max_new_tokens
+        slots = config.max_slots or default_slot_count(model.config, max_len, device, model.dtype)
+        log.info("KV cache: %d slots of %d tokens", slots, max_len)
+        return cls(model, slots, config.max_prompt_tokens, config.max_new_tokens, config.cuda_graphs)
+
+    # --- prefill: new requests, eager ---
+    @torch.inference_mode()
+    def prefill(self, requests: list[Request]) -> list[int]:
+        """Store the prompts' keys/values and sample each request's first id."""
+        longest = max(len(r.prompt_ids) for r in requests)
+        tokens = torch.zeros(len(requests), longest, dtype=torch.long)
+        for row, r in enumerate(requests):
+            tokens[row, : len(r.prompt_ids)] = torch.tensor(r.prompt_ids)
+            p = r.params
+            self.sampler.reset(r.slot, temperature=p.temperature, top_p=p.top_p,
+                               repetition_penalty=p.repetition_penalty, seed=r.seed, prompt_ids=r.prompt_ids)
+        slots = torch.tensor([r.slot for r in requests], device=self.device)
+        lengths = torch.tensor([len(r.prompt_ids) for r in requests], device=self.device)
+        hidden = self.model.prefill(self.cache, tokens.to(self.device), slots, torch.zeros_like(slots),
+                                    lengths, kv_len=_round_up(longest, 64))
+        ids = self._sample(hidden, slots, self.model.audio_logits)
+        self.tokens[slots] = ids
+        self.positions[slots] = lengths
+        self.active[slots] = 1
+        return ids.tolist()
+
+    # --- decode: every running slot, one id each ---
+    @torch.inference_mode()
+    def decode(self, requests: list[Request]) -> list[int]:
+        n = _bucket(max(r.slot for r in requests) + 1, self.num_slots)
+        longest = max(len(r.prompt_ids) + len(r.generated) for r in requests) + 1
+        kv_len = min(_round_up(longest, KV_BUCKET), self.max_len)
+        key = (n, kv_len)
+        if not self.use_graphs:
+            self._decode_step(n, kv_len)
+        elif key in self._graphs:
+            self._graphs[key].replay()
+        else:
+            self._decode_step(n, kv_len)  # the real step, which also warms up the kernels
+            self._capture(key)
+        out = self.out[:n].tolist()  # the one host sync of the step
+        return [out[r.slot] for r in requests]
+
+    def release(self, request: Request) -> None:
+        """The slot's request left: park its decode inputs so the slot's throwaway rows stay in bounds."""
+        slot = request.slot
+        self.active[slot] = 0
+        self.positions[slot] = 0
+
+    def _decode_step(self, n: int, kv_len: int) -> None:
+        slots = torch.arange(n, device=self.device)
+        hidden = self.model.decode(self.cache, self.tokens[:n], self.positions[:n], None, kv_len)
+        ids = self._sample(hidden, slots, self.model.audio_logits)
+        self.out[:n] = ids
+        self.tokens[:n] = ids
+        self.positions[:n] += self.active[:n]
+
+    def _sample(self, hidden, slots, logits_fn):
+        frame_pos = self.sampler.frame_positions(slots)
+        return self.sampler.sample(logits_fn(hidden, frame_pos), slots, frame_pos)
+
+    def _capture(self, key: tuple[int, int]) -> None:
+        """Record the decode step for this bucket. Capturing runs nothing, so no state moves."""
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            self._decode_step(*key)
+        self._pool = graph.pool()
+        self._graphs[key] = graph
+        log.debug("captured decode graph for %d slots, %d positions", *key)
+
+
+def _bucket(n: int, limit: int) -> int:
+    """Smallest power of two >= n, capped at the slot count."""
+    return min(1 << (n - 1).bit_length(), limit)
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple

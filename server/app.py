@@ -1,0 +1,58 @@
+"""build_app: the ASGI application, its routes, middleware, error handlers and lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+from typing import Callable
+
+from fastapi import FastAPI
+
+from . import errors
+from .auth import ApiKeyAuth, load_keys
+from .metrics import RequestCounter
+from .routes import openai, ops, segmind
+from .settings import ServerSettings
+from .state import ServerState, SynthesizerSource
+
+log = logging.getLogger(__name__)
+
+
+def build_app(
+    synthesizer: SynthesizerSource,
+    settings: ServerSettings,
+    *,
+    on_load_error: Callable[[BaseException], None] | None = None,
+) -> FastAPI:
+    """The app serving `synthesizer`: a loaded Synthesizer, or a function that loads one (called in
+    a thread during start-up, so /health answers meanwhile). on_load_error is called if loading or
+    warm-up fails; without it the app stays up and /ready reports the failure."""
+    state = ServerState(settings)
+    keys = load_keys(settings.api_keys_file)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if keys:
+            log.info("API keys required (%d configured)", len(keys))
+        else:
+            log.warning("no API keys configured: the server is open to anyone who can reach it")
+        loading = asyncio.create_task(state.load(synthesizer, on_load_error))
+        try:
+            yield
+        finally:
+            loading.cancel()
+            await state.close()
+
+    app = FastAPI(
+        title="orpheus-local",
+        summary="Orpheus 3B text-to-speech behind Segmind's and OpenAI's HTTP APIs",
+        lifespan=lifespan,
+    )
+    app.state.server = state
+    errors.install(app)
+    for module in (segmind, openai, ops):
+        app.include_router(module.router)
+    app.add_middleware(ApiKeyAuth, keys=keys)
+    app.add_middleware(RequestCounter, metrics=state.metrics)  # outermost: counts 401s too
+    return app

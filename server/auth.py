@@ -1,0 +1,56 @@
+"""API keys: x-api-key or Authorization: Bearer, on every route but the health probes."""
+
+from __future__ import annotations
+
+import hmac
+from pathlib import Path
+
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .errors import INVALID_KEY, MISSING_KEY, ApiError, error_response
+
+OPEN_PATHS = frozenset({"/health", "/ready"})
+
+
+def load_keys(path: Path | None) -> tuple[bytes, ...]:
+    """One key per line; blank lines and '#' comments are skipped."""
+    if path is None:
+        return ()
+    lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
+    return tuple(line.encode() for line in lines if line)
+
+
+def presented_key(headers: Headers) -> str | None:
+    if key := headers.get("x-api-key"):
+        return key
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip() or None
+
+
+def is_valid(key: str, keys: tuple[bytes, ...]) -> bool:
+    # Compare against every key, each in constant time, so timing tells nothing about any of them.
+    candidate = key.encode()
+    return sum(hmac.compare_digest(candidate, known) for known in keys) > 0
+
+
+class ApiKeyAuth:
+    """ASGI middleware: with keys configured, refuse requests without a valid one (401)."""
+
+    def __init__(self, app: ASGIApp, keys: tuple[bytes, ...]):
+        self.app = app
+        self.keys = keys
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.keys or scope["path"] in OPEN_PATHS:
+            return await self.app(scope, receive, send)
+        key = presented_key(Headers(scope=scope))
+        if key is None:
+            error = ApiError(401, MISSING_KEY, code="missing_api_key")
+        elif not is_valid(key, self.keys):
+            error = ApiError(401, INVALID_KEY, code="invalid_api_key")
+        else:
+            return await self.app(scope, receive, send)
+        await error_response(scope["path"], error)(scope, receive, send)

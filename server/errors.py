@@ -1,0 +1,110 @@
+"""Every error the server answers with, mapped to its HTTP status and body in one place.
+
+Segmind routes answer {"error": message}; OpenAI routes answer
+{"error": {"message", "type", "param", "code"}}. The shape is chosen by the request path.
+"""
+
+from __future__ import annotations
+
+import re
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
+
+SERVED_MODEL = "orpheus-3b-0.1"
+OPENAI_PATHS = ("/v1/audio/", "/v1/models")
+RETRY_AFTER_BUSY_S = 1
+RETRY_AFTER_LOADING_S = 5
+
+MISSING_KEY = "Missing Authorization or x-api-key in header"
+INVALID_KEY = "Unauthorized. API key is invalid or may have expired"
+
+# OpenAI's error types by status; the rest are "invalid_request_error" (401 included, as OpenAI does).
+_OPENAI_TYPES = {429: "requests", 500: "server_error", 503: "server_error"}
+_MODEL_PATH = re.compile(r"^/v[12]/([^/]+)$")
+
+
+class ApiError(Exception):
+    """An answer other than success: status, a message safe to show, and optionally the field at fault."""
+
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+        self.headers = headers or {}
+
+
+class ClientGone(Exception):
+    """The client disconnected before its answer was ready; there is nobody left to answer."""
+
+
+def invalid(message: str) -> ApiError:
+    """400 for a value the client sent; messages start with the field name ("temperature: ...")."""
+    field = message.split(":", 1)[0] if ":" in message else None
+    return ApiError(400, message, param=field, code="invalid_value")
+
+
+def busy(reason: str) -> ApiError:
+    return ApiError(429, f"too many requests: {reason}; retry shortly", code="rate_limit_exceeded",
+                    headers={"Retry-After": str(RETRY_AFTER_BUSY_S)})
+
+
+def not_ready() -> ApiError:
+    return ApiError(503, "the model is still loading; retry shortly", code="not_ready",
+                    headers={"Retry-After": str(RETRY_AFTER_LOADING_S)})
+
+
+def generation_failed(request_id: str) -> ApiError:
+    return ApiError(500, f"generation failed (request {request_id})", code="generation_failed",
+                    headers={"X-Request-Id": request_id})
+
+
+def unknown_model(name: str) -> ApiError:
+    return ApiError(404, f"model {name!r} not found; this server serves {SERVED_MODEL}", param="model",
+                    code="model_not_found")
+
+
+def error_response(path: str, error: ApiError) -> JSONResponse:
+    if path.startswith(OPENAI_PATHS):
+        body = {"error": {
+            "message": error.message,
+            "type": _OPENAI_TYPES.get(error.status, "invalid_request_error"),
+            "param": error.param,
+            "code": error.code,
+        }}
+    else:
+        body = {"error": error.message}
+    return JSONResponse(body, status_code=error.status, headers=error.headers)
+
+
+def _from_http_exception(request: Request, exc: HTTPException) -> ApiError:
+    """Routing's own errors (404 no such path, 405 wrong method) in the API's words."""
+    if exc.status_code == 404 and (match := _MODEL_PATH.match(request.url.path)):
+        return unknown_model(match.group(1))
+    messages = {404: "not found", 405: f"method {request.method} not allowed"}
+    return ApiError(exc.status_code, messages.get(exc.status_code, str(exc.detail)), headers=dict(exc.headers or {}))
+
+
+def install(app: FastAPI) -> None:
+    async def on_api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return error_response(request.url.path, exc)
+
+    async def on_http_exception(request: Request, exc: HTTPException) -> JSONResponse:
+        return error_response(request.url.path, _from_http_exception(request, exc))
+
+    async def on_client_gone(request: Request, exc: ClientGone) -> Response:
+        # 499 (a convention from nginx): counted in the metrics, read by nobody.
+        return Response(status_code=499)
+
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # The traceback goes to the log (Starlette re-raises after this answer), never to the client.
+        return error_response(request.url.path, ApiError(500, "internal server error", code="internal_error"))
+
+    app.add_exception_handler(ApiError, on_api_error)
+    app.add_exception_handler(HTTPException, on_http_exception)
+    app.add_exception_handler(ClientGone, on_client_gone)
+    app.add_exception_handler(Exception, on_unexpected)

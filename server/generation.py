@@ -1,0 +1,93 @@
+"""One generation as the routes see it: admission, PCM chunks with their measurements, and the
+core's errors in HTTP terms."""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import aclosing, contextmanager
+from typing import AsyncIterator, Callable
+
+import numpy as np
+
+from orpheus_local.audio import SAMPLE_RATE, StreamEncoder
+from orpheus_local.errors import NotReadyError, QueueFullError
+from orpheus_local.params import SynthesisParams
+from orpheus_local.synth import Synthesizer
+
+from .errors import busy, generation_failed, not_ready
+from .metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class Admission:
+    """Counts requests generating or waiting for the engine and refuses more than `limit` (429)."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.count = 0
+
+    def acquire(self) -> None:
+        if self.count >= self.limit:
+            raise busy(f"{self.limit} requests are already in flight")
+        self.count += 1
+
+    def release(self) -> None:
+        self.count -= 1
+
+    @contextmanager
+    def hold(self):
+        self.acquire()
+        try:
+            yield
+        finally:
+            self.release()
+
+
+async def pcm_chunks(
+    synth: Synthesizer, params: SynthesisParams, request_id: str, metrics: Metrics
+) -> AsyncIterator[np.ndarray]:
+    """synth.stream(), measured, with failures turned into ApiErrors (500s keep their trace in the log)."""
+    start = time.perf_counter()
+    samples = 0
+    try:
+        # aclosing: leaving early cancels the engine request now, not when the generator is collected
+        async with aclosing(synth.stream(params, request_id)) as stream:
+            async for pcm in stream:
+                if not samples and pcm.size:
+                    metrics.time_to_first_audio.observe(time.perf_counter() - start)
+                samples += len(pcm)
+                yield pcm
+        metrics.generation_seconds.observe(time.perf_counter() - start)
+    except QueueFullError:
+        raise busy("the generation queue is full") from None
+    except NotReadyError:
+        raise not_ready() from None
+    except Exception:
+        log.exception("generation of request %s failed", request_id)
+        raise generation_failed(request_id) from None
+    finally:
+        metrics.audio_seconds.inc(samples / SAMPLE_RATE)
+
+
+async def collect(chunks: AsyncIterator[np.ndarray], on_first: Callable[[], None] | None = None) -> np.ndarray:
+    """All chunks joined; on_first runs when the first audio arrives."""
+    pieces = []
+    async with aclosing(chunks):
+        async for pcm in chunks:
+            if not pieces and on_first is not None:
+                on_first()
+            pieces.append(pcm)
+    return np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
+
+
+async def encoded(admission: Admission, chunks: AsyncIterator[np.ndarray], encoder: StreamEncoder) -> AsyncIterator[bytes]:
+    """Encoded bytes as soon as the encoder has any, holding an admission place meanwhile."""
+    with admission.hold():
+        async with aclosing(chunks):
+            async for pcm in chunks:
+                if data := encoder.encode(pcm):
+                    yield data
+        if data := encoder.finish():
+            yield data

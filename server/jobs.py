@@ -1,0 +1,97 @@
+"""Segmind v2 jobs: submitted, generated in the background through the same admission and engine
+queue as synchronous requests, kept in memory for a while after they finish, then forgotten."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Callable
+
+import numpy as np
+
+from orpheus_local.audio import encode_audio
+
+from .errors import ApiError, busy
+from .generation import Admission, collect
+
+log = logging.getLogger(__name__)
+
+QUEUED, PROCESSING, COMPLETED, FAILED = "QUEUED", "PROCESSING", "COMPLETED", "FAILED"
+
+
+@dataclass
+class Job:
+    id: str
+    created: float
+    started: float | None = None  # first audio: the engine is working on it
+    finished: float | None = None
+    status: str = QUEUED
+    audio: bytes | None = None  # the WAV file, once COMPLETED
+    error: str | None = None  # once FAILED
+    task: asyncio.Task | None = field(default=None, repr=False)
+
+    def metrics(self, now: float) -> dict:
+        """Seconds: waiting until the first audio, generating after it, and both."""
+        end = self.finished or now
+        started = self.started or end
+        return {
+            "queue_time": round(started - self.created, 3),
+            "inference_time": round(end - started, 3),
+            "total_time": round(end - self.created, 3),
+        }
+
+
+class JobStore:
+    def __init__(self, admission: Admission, max_jobs: int, ttl_s: float, clock: Callable[[], float] = time.monotonic):
+        self.admission = admission
+        self.max_jobs = max_jobs
+        self.ttl_s = ttl_s
+        self.clock = clock
+        self._jobs: dict[str, Job] = {}
+
+    def submit(self, generate: Callable[[str], AsyncIterator[np.ndarray]]) -> Job:
+        """Start generate(job_id) in the background; 429 when the server or the store is full."""
+        self._forget_expired()
+        if len(self._jobs) >= self.max_jobs:
+            raise busy(f"{self.max_jobs} jobs are stored")
+        self.admission.acquire()
+        job_id = secrets.token_urlsafe(16)  # unguessable: the id is all a client needs to fetch the result
+        job = self._jobs[job_id] = Job(job_id, created=self.clock())
+        job.task = asyncio.create_task(self._run(job, generate(job_id)), name=f"job-{job_id}")
+        return job
+
+    def get(self, job_id: str) -> Job | None:
+        self._forget_expired()
+        return self._jobs.get(job_id)
+
+    async def close(self) -> None:
+        """Cancel the jobs still generating (server shutdown)."""
+        tasks = [job.task for job in self._jobs.values() if job.task and not job.task.done()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _run(self, job: Job, chunks: AsyncIterator[np.ndarray]) -> None:
+        def processing() -> None:
+            job.status, job.started = PROCESSING, self.clock()
+
+        try:
+            pcm = await collect(chunks, on_first=processing)
+            job.audio = encode_audio(pcm, "wav")
+            job.status = COMPLETED
+        except ApiError as exc:
+            job.status, job.error = FAILED, exc.message
+        except Exception:
+            log.exception("job %s failed", job.id)
+            job.status, job.error = FAILED, f"generation failed (request {job.id})"
+        finally:
+            job.finished = self.clock()
+            self.admission.release()
+
+    def _forget_expired(self) -> None:
+        cutoff = self.clock() - self.ttl_s
+        for job_id in [j.id for j in self._jobs.values() if j.finished is not None and j.finished < cutoff]:
+            del self._jobs[job_id]

@@ -1,0 +1,100 @@
+"""Request models of the three APIs (Segmind v1/v2, OpenAI speech) and their one mapping to
+SynthesisParams. Defaults and ranges come from orpheus_local.params."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Annotated, Literal, TypeVar
+
+from pydantic import BaseModel, BeforeValidator, Field, ValidationError
+
+from orpheus_local.audio import FORMATS, SPEED_MAX, SPEED_MIN
+from orpheus_local.params import DEFAULT_VOICE, RANGES, SynthesisParams
+
+from .errors import SERVED_MODEL, invalid, unknown_model
+
+SPEECH_MODELS = (SERVED_MODEL, "orpheus", "tts-1", "tts-1-hd")
+_DEFAULTS = {f.name: f.default for f in fields(SynthesisParams)}
+
+
+def _not_bool(value):
+    # pydantic would read true as 1.0; a boolean is never a valid number here.
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not a boolean")
+    return value
+
+
+Number = Annotated[float, BeforeValidator(_not_bool)]
+Integer = Annotated[int, BeforeValidator(_not_bool)]
+
+
+def _ranged(name: str, description: str):
+    low, high = RANGES[name]
+    return Field(_DEFAULTS[name], ge=low, le=high, description=description)
+
+
+class Sampling(BaseModel):
+    """Orpheus sampling fields, shared by every route (extensions under the OpenAI API)."""
+
+    temperature: Number = _ranged("temperature", "sampling temperature")
+    top_p: Number = _ranged("top_p", "nucleus sampling mass")
+    max_new_tokens: Integer = _ranged("max_new_tokens", "most audio tokens to generate (7 per 2048 samples)")
+    repetition_penalty: Number = _ranged("repetition_penalty", "penalty for repeated tokens")
+    seed: Integer | None = Field(None, ge=0, le=2**63 - 1, description="seed for reproducible sampling (extension)")
+
+    def _synthesis_params(self, text: str, voice: str) -> SynthesisParams:
+        """The one mapping to SynthesisParams; its checks (empty text, unknown voice) become 400s."""
+        try:
+            return SynthesisParams(
+                text=text, voice=voice, temperature=self.temperature, top_p=self.top_p,
+                max_new_tokens=self.max_new_tokens, repetition_penalty=self.repetition_penalty, seed=self.seed,
+            )
+        except ValueError as exc:
+            raise invalid(str(exc)) from None
+
+
+class SegmindRequest(Sampling):
+    """Body of POST /v1/orpheus-3b-0.1 and /v2/orpheus-3b-0.1 (JSON or multipart form)."""
+
+    text: str = Field(description="what to say; emotion tags like <sigh> or <laugh> are spoken as such")
+    voice: str = Field(DEFAULT_VOICE, description="speaker")
+    stream: bool = Field(False, description="send a chunked WAV as audio is generated (extension, v1 only)")
+
+    def synthesis_params(self) -> SynthesisParams:
+        return self._synthesis_params(self.text, self.voice)
+
+
+class SpeechRequest(Sampling):
+    """Body of POST /v1/audio/speech (OpenAI)."""
+
+    model: str = Field(SERVED_MODEL, description=f"one of {', '.join(SPEECH_MODELS)}")
+    input: str = Field(description="what to say")
+    voice: str = Field(DEFAULT_VOICE, description="speaker")
+    response_format: Literal[tuple(FORMATS)] = Field("mp3", description="audio encoding")
+    speed: Number = Field(1.0, ge=SPEED_MIN, le=SPEED_MAX, description="playback speed factor")
+    stream_format: Literal["audio", "sse"] = Field("audio", description="raw audio bytes or server-sent events")
+
+    def synthesis_params(self) -> SynthesisParams:
+        if self.model not in SPEECH_MODELS:
+            raise unknown_model(self.model)
+        return self._synthesis_params(self.input, self.voice)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse(model: type[M], data: dict) -> M:
+    """Validate fields into model; the first problem becomes a 400 that names its field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = ".".join(str(part) for part in error["loc"]) or "body"
+        message = "is required" if error["type"] == "missing" else error["msg"]
+        raise invalid(f"{field}: {message}") from None
+
+
+def openapi_body(model: type[BaseModel], *content_types: str) -> dict:
+    """openapi_extra documenting a body that the route reads itself (JSON and form fields alike)."""
+    schema = model.model_json_schema()
+    return {"requestBody": {"required": True, "content": {ct: {"schema": schema} for ct in content_types}}}

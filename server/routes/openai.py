@@ -1,0 +1,69 @@
+"""OpenAI's speech API: POST /v1/audio/speech, and the voices and models it serves."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from contextlib import aclosing
+from typing import AsyncIterator
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from orpheus_local.audio import FORMATS, StreamEncoder
+from orpheus_local.params import DEFAULT_VOICE, VOICES
+
+from ..body import JSON, MULTIPART, read_fields
+from ..generation import encoded, pcm_chunks
+from ..protocol import SPEECH_MODELS, SpeechRequest, openapi_body, parse
+from ..state import State
+from ..streaming import start_stream
+
+router = APIRouter(tags=["OpenAI"])
+
+_AUDIO = {fmt.content_type: {} for fmt in FORMATS.values()}
+
+
+@router.post(
+    "/v1/audio/speech", summary="synthesize speech, streamed in the chosen format",
+    openapi_extra=openapi_body(SpeechRequest, JSON, MULTIPART), response_class=Response,
+    responses={200: {"content": {**_AUDIO, "text/event-stream": {}}, "description": "audio bytes or SSE events"}},
+)
+async def speech(request: Request, state: State) -> Response:
+    synth = state.synthesizer()
+    body = parse(SpeechRequest, await read_fields(request, state.settings.max_body_bytes))
+    params = body.synthesis_params()
+    request_id = uuid.uuid4().hex
+    encoder = StreamEncoder(body.response_format, speed=body.speed)
+    audio = encoded(state.admission, pcm_chunks(synth, params, request_id, state.metrics), encoder)
+    headers = {"X-Request-Id": request_id}
+    if body.stream_format == "sse":
+        return await start_stream(_sse_events(audio), "text/event-stream", headers)
+    return await start_stream(audio, encoder.content_type, headers)
+
+
+def _event(payload: dict) -> bytes:
+    return f"data: {json.dumps(payload)}\n\n".encode()
+
+
+async def _sse_events(audio: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """OpenAI's speech events: one delta per encoded chunk (base64), then done."""
+    async with aclosing(audio):
+        async for data in audio:
+            yield _event({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
+    yield _event({"type": "speech.audio.done"})
+
+
+@router.get("/v1/audio/voices", summary="the voices served")
+async def voices() -> dict:
+    return {"voices": list(VOICES), "default": DEFAULT_VOICE}
+
+
+@router.get("/v1/models", summary="the model names /v1/audio/speech accepts")
+async def models(state: State) -> dict:
+    return {
+        "object": "list",
+        "data": [{"id": name, "object": "model", "created": state.created, "owned_by": "canopylabs"}
+                 for name in SPEECH_MODELS],
+    }

@@ -1,0 +1,111 @@
+"""Segmind's API: synchronous v1, asynchronous v2 jobs and their poll URLs."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from orpheus_local.audio import StreamEncoder, encode_audio
+
+from ..body import JSON, MULTIPART, read_fields
+from ..errors import SERVED_MODEL, ApiError
+from ..generation import collect, encoded, pcm_chunks
+from ..jobs import COMPLETED, FAILED, Job
+from ..protocol import SegmindRequest, openapi_body, parse
+from ..state import State
+from ..streaming import start_stream, unless_disconnected
+
+router = APIRouter(tags=["Segmind"])
+
+_WAV = {200: {"content": {"audio/wav": {}}, "description": "24 kHz mono 16-bit WAV"}}
+_BODY = openapi_body(SegmindRequest, JSON, MULTIPART)
+
+
+async def _read(request: Request, state: State) -> SegmindRequest:
+    return parse(SegmindRequest, await read_fields(request, state.settings.max_body_bytes))
+
+
+@router.post(f"/v1/{SERVED_MODEL}", summary="synthesize speech, answered with the WAV file",
+             openapi_extra=_BODY, response_class=Response, responses=_WAV)
+async def synthesize(request: Request, state: State) -> Response:
+    synth = state.synthesizer()
+    body = await _read(request, state)
+    params = body.synthesis_params()
+    request_id = uuid.uuid4().hex
+    started = time.perf_counter()
+    chunks = pcm_chunks(synth, params, request_id, state.metrics)
+    headers = {"X-Remaining-Credits": str(state.settings.remaining_credits), "X-Request-Id": request_id}
+    if body.stream:
+        # The generation time is unknown when the headers leave, so a stream goes without it.
+        encoder = StreamEncoder("wav")
+        return await start_stream(encoded(state.admission, chunks, encoder), encoder.content_type, headers)
+    with state.admission.hold():
+        pcm = await unless_disconnected(request, collect(chunks))
+    headers["X-Generation-Time"] = f"{time.perf_counter() - started:.3f}"
+    return Response(encode_audio(pcm, "wav"), media_type="audio/wav", headers=headers)
+
+
+@router.post(f"/v2/{SERVED_MODEL}", summary="submit a job; poll its status_url, then fetch its response_url",
+             openapi_extra=_BODY)
+async def submit(request: Request, state: State) -> dict:
+    synth = state.synthesizer()
+    params = (await _read(request, state)).synthesis_params()
+    job = state.jobs.submit(lambda job_id: pcm_chunks(synth, params, job_id, state.metrics))
+    status_url = str(request.url_for("job_status", request_id=job.id))
+    return {
+        "request_id": job.id,
+        "status": job.status,
+        "poll_url": status_url,
+        "status_url": status_url,
+        "response_url": str(request.url_for("job_result", request_id=job.id)),
+    }
+
+
+def _job(state: State, request_id: str) -> Job:
+    job = state.jobs.get(request_id)
+    if job is None:
+        hours = state.settings.job_ttl_s / 3600
+        raise ApiError(404, f"request {request_id} not found (results are kept {hours:g} h)", code="not_found")
+    return job
+
+
+def _failed(job: Job, body: dict) -> JSONResponse:
+    # Segmind answers a FAILED job with 422 and the failure in the body.
+    return JSONResponse({**body, "error": job.error}, status_code=422)
+
+
+@router.get("/v2/requests/{request_id}/status", name="job_status", summary="a job's status")
+async def job_status(request_id: str, request: Request, state: State):
+    job = _job(state, request_id)
+    body = {
+        "request_id": job.id,
+        "status": job.status,
+        "status_url": str(request.url_for("job_status", request_id=job.id)),
+        "response_url": str(request.url_for("job_result", request_id=job.id)),
+        "metrics": job.metrics(state.jobs.clock()),
+    }
+    return _failed(job, body) if job.status == FAILED else body
+
+
+@router.get("/v2/requests/{request_id}", name="job_result", summary="a job's result: output is the audio's URL")
+@router.get("/v1/requests/{request_id}", name="job_result_v1", summary="a job's result (older poll path)")
+async def job_result(request_id: str, request: Request, state: State):
+    job = _job(state, request_id)
+    body = {"request_id": job.id, "status": job.status, "metrics": job.metrics(state.jobs.clock())}
+    if job.status == FAILED:
+        return _failed(job, body)
+    if job.status == COMPLETED:
+        body["output"] = str(request.url_for("job_output", request_id=job.id))
+    return body
+
+
+@router.get("/v2/requests/{request_id}/output.wav", name="job_output", summary="a completed job's audio",
+            response_class=Response, responses=_WAV)
+async def job_output(request_id: str, state: State) -> Response:
+    job = _job(state, request_id)
+    if job.status != COMPLETED:
+        raise ApiError(404, f"request {request_id} has no audio: it is {job.status}", code="not_found")
+    return Response(job.audio, media_type="audio/wav")

@@ -1,0 +1,87 @@
+"""ServerState: what every route shares (settings, the synthesizer once it is ready, admission,
+jobs, metrics), and the loading that makes it ready."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Annotated, Callable
+
+from fastapi import Depends, Request
+
+from orpheus_local.checkpoint import CheckpointError
+from orpheus_local.params import SynthesisParams
+from orpheus_local.synth import Synthesizer
+
+from .errors import not_ready
+from .generation import Admission
+from .jobs import JobStore
+from .metrics import Metrics
+from .settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+# The shortest generation the API allows: compiles and allocates whatever the first request would.
+WARMUP = SynthesisParams(text="Hello there.", voice="tara", max_new_tokens=100, seed=0)
+
+SynthesizerSource = Synthesizer | Callable[[], Synthesizer]
+
+
+class ServerState:
+    def __init__(self, settings: ServerSettings):
+        self.settings = settings
+        self.created = int(time.time())
+        self.metrics = Metrics()
+        self.admission = Admission(settings.max_in_flight)
+        self.jobs = JobStore(self.admission, settings.max_jobs, settings.job_ttl_s)
+        self.synth: Synthesizer | None = None
+        self.owns_synth = False
+        self.ready = False
+        self.load_error: str | None = None
+        self.metrics.watch(
+            in_flight=lambda: self.admission.count,
+            queued=lambda: self.synth.stats()["queued"] if self.synth else 0,
+        )
+
+    def synthesizer(self) -> Synthesizer:
+        """The synthesizer, or 503 while it loads (or after loading failed)."""
+        if not self.ready:
+            raise not_ready()
+        return self.synth
+
+    async def load(self, source: SynthesizerSource, on_error: Callable[[BaseException], None] | None) -> None:
+        """Load (in a thread, so the event loop keeps answering /health), warm up, then mark ready."""
+        try:
+            if callable(source):
+                self.synth, self.owns_synth = await asyncio.to_thread(source), True
+            else:
+                self.synth = source
+            if self.settings.warmup:
+                started = time.perf_counter()
+                await self.synth.synthesize(WARMUP, "warmup")
+                log.info("warmed up in %.1f s", time.perf_counter() - started)
+        except Exception as exc:
+            if isinstance(exc, CheckpointError):
+                log.error("cannot load the model: %s", exc)
+            else:
+                log.exception("cannot load the model")
+            self.load_error = str(exc)
+            if on_error is not None:
+                on_error(exc)
+            return
+        self.ready = True
+        log.info("ready to serve")
+
+    async def close(self) -> None:
+        self.ready = False
+        await self.jobs.close()
+        if self.owns_synth and self.synth is not None:
+            await asyncio.to_thread(self.synth.close)
+
+
+def server_state(request: Request) -> ServerState:
+    return request.app.state.server
+
+
+State = Annotated[ServerState, Depends(server_state)]

@@ -1,0 +1,174 @@
+"""SNAC codec: one-shot and streamed decoding on the real 24 kHz architecture with random weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from orpheus_local import format as fmt
+from orpheus_local.checkpoint import load_snac
+from orpheus_local.codec import FRAME_SECONDS, SnacCodec, StreamDecoder, iter_stream
+from orpheus_local.demo import build_demo_snac
+
+SPF = fmt.SAMPLES_PER_FRAME
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Other processes share the cores; with a busy core a second torch thread stalls every op."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def snac_dir(tmp_path_factory):
+    return build_demo_snac(tmp_path_factory.mktemp("snac"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def quiet(snac_dir) -> SnacCodec:
+    """Noise off: decoding is deterministic, so streamed and one-shot audio can be compared."""
+    return SnacCodec(load_snac(snac_dir), "cpu", noise=False)
+
+
+def random_frames(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, fmt.CODEBOOK_SIZE, (n, fmt.FRAME_TOKENS))
+
+
+def snr_db(reference: np.ndarray, test: np.ndarray) -> float:
+    noise = np.sum((reference.astype(np.float64) - test) ** 2)
+    return float(10 * np.log10(np.sum(reference.astype(np.float64) ** 2) / noise)) if noise else float("inf")
+
+
+def paced_windows(frames: np.ndarray, speed: float = 3.0) -> tuple[list, list[int]]:
+    """Push one frame at a time at `speed` x real time on a simulated clock; the windows handed out
+    and, for each, how many frames had been pushed when it left."""
+    now = [0.0]
+    decoder = StreamDecoder(clock=lambda: now[0])
+    windows, pushed_at = [], []
+    for i in range(len(frames)):
+        now[0] = i * FRAME_SECONDS / speed
+        decoder.push(frames[i:i + 1])
+        while (w := decoder.ready_window()) is not None:
+            windows.append(w)
+            pushed_at.append(decoder.frames_pushed)
+    decoder.finish()
+    while (w := decoder.ready_window()) is not None:
+        windows.append(w)
+        pushed_at.append(decoder.frames_pushed)
+    assert decoder.done
+    return windows, pushed_at
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 16])
+def test_one_shot_gives_2048_samples_per_frame(quiet, n):
+    pcm = quiet.decode(random_frames(n, seed=n))
+    assert pcm.dtype == np.float32 and pcm.shape == (SPF * n,)
+    assert np.isfinite(pcm).all() and np.abs(pcm).max() <= 1
+
+
+def test_noise_on_decodes_to_the_same_length(snac_dir):
+    codec = SnacCodec(load_snac(snac_dir), "cpu")
+    frames = random_frames(3)
+    a, b = codec.decode(frames), codec.decode(frames)
+    assert a.shape == (3 * SPF,) and not np.array_equal(a, b)  # fresh noise each call
+
+
+def test_streamed_matches_one_shot(quiet):
+    frames = random_frames(24, seed=1)
+    windows, _ = paced_windows(frames)
+    streamed = np.concatenate(quiet.decode_windows(windows))
+    assert streamed.shape == (24 * SPF,)
+    assert snr_db(quiet.decode(frames), streamed) >= 40
+
+
+def test_iter_stream_with_uneven_batches(quiet):
+    frames = random_frames(20, seed=2)
+    bounds = [0, 2, 3, 10, 11, 19, 20]
+    chunks = list(iter_stream(quiet, (frames[a:b] for a, b in zip(bounds, bounds[1:]))))
+    streamed = np.concatenate(chunks)
+    assert streamed.shape == (20 * SPF,)
+    assert snr_db(quiet.decode(frames), streamed) >= 40
+
+
+def test_first_chunk_leaves_after_two_frames():
+    decoder = StreamDecoder()
+    decoder.push(random_frames(1))
+    assert decoder.ready_window() is None
+    decoder.push(random_frames(1))
+    first = decoder.ready_window()
+    assert first is not None and first.start == 0 and first.count >= 1
+
+
+def test_every_frame_is_covered_once():
+    windows, pushed_at = paced_windows(random_frames(60))
+    assert pushed_at[0] <= 2
+    starts = [w.start for w in windows]
+    assert starts[0] == 0 and sum(w.count for w in windows) == 60
+    assert all(b == a + w.count for a, b, w in zip(starts, starts[1:], windows))  # contiguous, in order
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3])
+def test_short_streams_flush_every_frame(quiet, n):
+    frames = random_frames(n, seed=3)
+    chunks = list(iter_stream(quiet, [frames[i:i + 1] for i in range(n)]))
+    assert sum(len(c) for c in chunks) == n * SPF
+    if n:
+        assert snr_db(quiet.decode(frames), np.concatenate(chunks)) >= 40
+
+
+def test_chunks_grow_ahead_of_real_time():
+    windows, _ = paced_windows(random_frames(140), speed=3.0)
+    counts = [w.count for w in windows]
+    assert max(counts) == 32 and counts == sorted(counts[:-1]) + counts[-1:]  # growing, then the tail
+    assert sum(len(w.frames) for w in windows) / 140 <= 1.3  # context frames decoded twice
+
+
+def test_behind_real_time_emits_at_once():
+    now = [0.0]
+    decoder = StreamDecoder(clock=lambda: now[0])
+    decoder.push(random_frames(2))
+    assert decoder.ready_window().count == 1  # frame 0 playing from now on
+    now[0] = 1.0  # the generator stalled: the listener ran out long ago
+    decoder.push(random_frames(2))
+    assert decoder.ready_window().count == 2  # everything with right context, without waiting
+
+
+@pytest.mark.parametrize("code", [0, fmt.CODEBOOK_SIZE - 1])
+def test_extreme_codes_decode(quiet, code):
+    frames = np.full((6, fmt.FRAME_TOKENS), code)
+    frames[::2] = fmt.CODEBOOK_SIZE - 1 - code  # alternate with the other extreme
+    one_shot = quiet.decode(frames)
+    streamed = np.concatenate(list(iter_stream(quiet, [frames[:2], frames[2:]])))
+    assert one_shot.shape == streamed.shape == (6 * SPF,)
+    assert np.isfinite(one_shot).all() and np.abs(one_shot).max() > 0
+
+
+def test_batched_windows_equal_single_windows(quiet, monkeypatch):
+    windows = paced_windows(random_frames(12, seed=4))[0] + paced_windows(random_frames(12, seed=5))[0]
+    assert len({len(w.frames) for w in windows}) < len(windows)  # some share a batch
+    monkeypatch.setattr(quiet, "max_batch_frames", 8)  # and some batches are split
+    batched = quiet.decode_windows(windows)
+    for w, pcm in zip(windows, batched):
+        np.testing.assert_allclose(pcm, quiet.decode_windows([w])[0], atol=1e-5)
+        assert pcm.shape == (w.count * SPF,)
+
+
+def test_encoded_audio_round_trips_through_ids(snac_dir):
+    model = load_snac(snac_dir)
+    audio = torch.from_numpy(np.random.default_rng(6).uniform(-0.5, 0.5, (1, 1, 8 * SPF)).astype(np.float32))
+    with torch.inference_mode():
+        codes = [c[0].numpy() for c in model.encode(audio)]  # [8], [16], [32]
+    assert [len(c) for c in codes] == [8, 16, 32]
+    frames = fmt.codes_to_frames(codes)
+    ids = fmt.frames_to_ids(frames)
+    assert len(ids) == 8 * fmt.FRAME_TOKENS
+    for i, token in enumerate(ids):
+        lo, hi = fmt.position_range(i % fmt.FRAME_TOKENS)
+        assert lo <= token < hi
+    back = fmt.frames_to_codes(fmt.ids_to_frames(ids))
+    for original, restored in zip(codes, back):
+        np.testing.assert_array_equal(original, restored)

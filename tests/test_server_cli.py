@@ -1,0 +1,132 @@
+"""`orpheus-local serve`: settings from flags and environment, start-up errors, and one real server
+process answering over TCP."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import wave
+import io
+
+import httpx
+import pytest
+
+from orpheus_local.checkpoint import CheckpointError, resolve_model_dir
+from server.main import main
+from server.settings import ServerSettings
+
+SHORT = {"text": "Hello there.", "voice": "tara", "max_new_tokens": 100, "seed": 1}
+
+
+def test_help_documents_every_setting(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "ORPHEUS_" in out
+    for name in ServerSettings.model_fields:
+        assert f"--{name.replace('_', '-')}" in out
+
+
+def test_flags_win_over_environment_over_defaults(monkeypatch):
+    assert ServerSettings(_cli_parse_args=[]).port == 8000
+    monkeypatch.setenv("ORPHEUS_PORT", "9000")
+    monkeypatch.setenv("ORPHEUS_DEMO", "true")
+    from_env = ServerSettings(_cli_parse_args=[])
+    assert (from_env.port, from_env.demo) == (9000, True)
+    from_flags = ServerSettings(_cli_parse_args=["--port", "7000", "--no-demo", "--api-keys-file", "keys.txt"])
+    assert (from_flags.port, from_flags.demo, str(from_flags.api_keys_file)) == (7000, False, "keys.txt")
+
+
+def test_settings_build_the_engine_config():
+    settings = ServerSettings(_cli_parse_args=["--weights", "w/model", "--snac", "w/snac", "--device", "cpu",
+                                               "--backend", "reference", "--max-slots", "4", "--max-queue", "8"])
+    config = settings.engine_config()
+    assert (config.model, config.snac, config.device, config.backend, config.max_slots, config.max_queue) == (
+        "w/model", "w/snac", "cpu", "reference", 4, 8)
+
+
+def test_missing_checkpoint_exits_at_once_with_the_core_message(tmp_path, capsys):
+    missing = tmp_path / "no-model"
+    with pytest.raises(CheckpointError) as expected:
+        resolve_model_dir(missing)
+    assert main(["--weights", str(missing)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {expected.value}"
+
+
+def test_bad_flag_value_exits_with_a_message(capsys):
+    assert main(["--port", "eighty"]) == 2
+    assert "port" in capsys.readouterr().err
+
+
+def test_unreadable_keys_file_exits_with_a_message(tmp_path, demo_dirs, capsys):
+    assert main(["--demo", "--demo-dir", str(demo_dirs[0].parent), "--api-keys-file", str(tmp_path / "none")]) == 2
+    assert "none" in capsys.readouterr().err
+
+
+def test_load_failure_in_the_lifespan_stops_the_server(monkeypatch, tmp_path, capsys):
+    from orpheus_local.synth import Synthesizer
+
+    def fail(config):
+        raise CheckpointError("cannot download Orpheus model 'someone/else': hub error 500.")
+
+    monkeypatch.setattr(Synthesizer, "load", staticmethod(fail))
+    assert main(["--demo", "--demo-dir", str(tmp_path), "--port", "0"]) == 1
+    assert capsys.readouterr().err.strip() == "error: cannot download Orpheus model 'someone/else': hub error 500."
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_serve_demo_process_answers_over_tcp(demo_config, demo_dirs):
+    port = free_port()
+    command = [shutil.which("orpheus-local") or sys.executable, "serve"]
+    if command[0] == sys.executable:
+        command[1:1] = ["-m", "orpheus_local.cli"]
+    command += ["--demo", "--demo-dir", str(demo_dirs[0].parent), "--device", "cpu",
+                "--backend", demo_config.backend, "--port", str(port)]
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(base_url=base, timeout=60) as client:
+            deadline = time.monotonic() + 120
+            while True:
+                assert process.poll() is None, "the server exited early"
+                assert time.monotonic() < deadline, "the server never became ready"
+                try:
+                    if client.get("/ready").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.2)
+            assert client.get("/health").json() == {"status": "ok"}
+
+            response = client.post("/v1/orpheus-3b-0.1", json=SHORT)
+            assert response.status_code == 200 and response.headers["content-type"] == "audio/wav"
+            with wave.open(io.BytesIO(response.content)) as w:
+                assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (24000, 1, 2)
+                assert w.getnframes() > 0 and w.getnframes() % 2048 == 0
+
+            # chunked over a real socket: the first audio arrives well before the last
+            arrivals = []
+            start = time.perf_counter()
+            with client.stream("POST", "/v1/orpheus-3b-0.1", json={**SHORT, "stream": True}) as streamed:
+                assert streamed.headers["transfer-encoding"] == "chunked"
+                for chunk in streamed.iter_raw():
+                    arrivals.append((time.perf_counter() - start, len(chunk)))
+            assert len(arrivals) >= 3 and arrivals[0][0] < arrivals[-1][0] / 2
+    finally:
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, output
+    assert "no API keys configured: the server is open" in output
+    assert "ready to serve" in output
