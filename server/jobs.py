@@ -35,8 +35,8 @@ class Job:
 
     def metrics(self, now: float) -> dict:
         """Seconds: waiting until the first audio, generating after it, and both."""
-        end = self.finished or now
-        started = self.started or end
+        end = now if self.finished is None else self.finished
+        started = end if self.started is None else self.started
         return {
             "queue_time": round(started - self.created, 3),
             "inference_time": round(end - started, 3),
@@ -58,7 +58,7 @@ class JobStore:
         if len(self._jobs) >= self.max_jobs:
             raise busy(f"{self.max_jobs} jobs are stored")
         self.admission.acquire()
-        job_id = secrets.token_urlsafe(16)  # unguessable: the id is all a client needs to fetch the result
+        job_id = secrets.token_urlsafe(16)  # unguessable: no client can find another's results
         job = self._jobs[job_id] = Job(job_id, created=self.clock())
         job.task = asyncio.create_task(self._run(job, generate(job_id)), name=f"job-{job_id}")
         return job

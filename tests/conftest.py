@@ -12,7 +12,7 @@ from orpheus_local.demo import build_demo_checkpoint
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
-TEST_BACKEND = os.environ.get("ORPHEUS_TEST_BACKEND", "reference")
+TEST_BACKEND = os.environ.get("ORPHEUS_TEST_BACKEND", "engine")
 
 
 @pytest.fixture(scope="session")

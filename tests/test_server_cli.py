@@ -3,6 +3,7 @@ process answering over TCP."""
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import signal
@@ -11,7 +12,6 @@ import subprocess
 import sys
 import time
 import wave
-import io
 
 import httpx
 import pytest

@@ -120,6 +120,8 @@ class Engine:
             self._finish(request, Status.FINISHED)
 
     def _finish(self, request: Request, status: Status, error: BaseException | None = None) -> None:
+        if request.status is not Status.RUNNING:  # already finished earlier in this step
+            return
         self.scheduler.release(request, status)
         self.runner.release(request)
         request.stream.finish(error)
