@@ -36,7 +36,8 @@ OFFICIAL_WINDOW = 4  # frames re-decoded for every new frame; samples 2048:4096 
 def official_windows(frames: np.ndarray) -> list[Window]:
     """The official streaming scheme, for comparison only: once n >= 4 frames exist, decode the last
     4 and keep the second. Frame 0 and the last two frames are never heard."""
-    return [Window(frames[n - OFFICIAL_WINDOW:n], 1, 1, n - 3) for n in range(OFFICIAL_WINDOW, len(frames) + 1)]
+    return [Window(frames[n - OFFICIAL_WINDOW:n], 1, 1, n - OFFICIAL_WINDOW + 1)
+            for n in range(OFFICIAL_WINDOW, len(frames) + 1)]
 
 
 def streamed_windows(frames: np.ndarray, speed: float) -> tuple[list[Window], int]:
@@ -83,8 +84,8 @@ def keep_freed_memory() -> None:
         pass
 
 
-def run(args) -> dict:
-    snac_dir = build_demo_snac(Path(tempfile.mkdtemp()) / "snac", seed=0)
+def run(args, tmp: Path) -> dict:
+    snac_dir = build_demo_snac(tmp / "snac", seed=0)
     codec = SnacCodec(load_snac(snac_dir, args.device), args.device)  # as served: noise on
     quiet = SnacCodec(load_snac(snac_dir, args.device), args.device, noise=False)  # for the SNR
     frames = np.random.default_rng(args.seed).integers(0, fmt.CODEBOOK_SIZE, (args.frames, fmt.FRAME_TOKENS))
@@ -126,9 +127,9 @@ def print_table(r: dict) -> None:
         ("streamed vs one-shot SNR, noise off (dB)", f"{r['stream_snr_db']:.1f}", ">= 40"),
         ("frames decoded per frame streamed", f"{r['decoded_frames_ratio']:.2f}", ""),
     ]
-    print(f"{r['streams']} x {r['frames']} frames ({r['audio_s']:.1f} s), generated at {r['generation_speed']}x real time, "
-          f"{r['device']}, {r['torch_threads']} threads; one-shot {r['one_shot_s']:.2f} s, "
-          f"streamed {r['streamed_s']:.2f} s, official {r['official_s']:.2f} s")
+    print(f"{r['streams']} x {r['frames']} frames ({r['audio_s']:.1f} s) generated at {r['generation_speed']}x "
+          f"real time, {r['device']}, {r['torch_threads']} threads; compute: one-shot {r['one_shot_s']:.3f} s, "
+          f"streamed {r['streamed_s']:.3f} s, official {r['official_s']:.3f} s")
     print(f"chunks (frames): {r['chunk_frames']}")
     for name, value, target in rows:
         print(f"  {name:<48} {value!s:>8}   {target}")
@@ -150,7 +151,8 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     keep_freed_memory()
-    results = run(args)
+    with tempfile.TemporaryDirectory() as tmp:
+        results = run(args, Path(tmp))
     print_table(results)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

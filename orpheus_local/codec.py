@@ -1,9 +1,9 @@
 """SNAC decoding: one-shot, and streaming with context frames, batched across streams.
 
 A frame is 7 codes = 2048 samples. SNAC's decoder is convolutional: a sample depends on the codes up
-to 2.25 frames away on either side (measured on the 24 kHz architecture: beyond that the output is
-bit-exact; one frame away the error is already 34 dB down, two frames away 70 dB down). A streamed
-chunk is therefore decoded inside a window of context frames, and only its own samples are kept.
+to 2.25 frames away on either side (measured on the 24 kHz architecture: farther context changes
+nothing; a window edge one frame away leaves an error 34 dB below the signal, two frames away 70 dB).
+A streamed chunk is therefore decoded inside a window of context frames, and only its samples kept.
 
 Driving many streams from one codec worker thread:
 
@@ -120,11 +120,13 @@ def _remove_noise(model: nn.Module) -> None:
 class StreamDecoder:
     """One stream's frames -> windows whose chunks, played in order, are the one-shot decode.
 
-    Right context delays every chunk by right_context frames, so it sets the first-audio depth: with
-    one frame of right context the first chunk (frame 0) leaves once 2 frames (14 tokens) exist. One
-    frame is enough for the seams to stay above 40 dB SNR; left context costs compute, not latency,
-    so it gets two. Frame 0 needs no left context and the last frame no right context: the one-shot
-    decode sees zero padding there too, so every frame is heard and the output is 2048 * F samples.
+    Right context holds every chunk back until right_context more frames exist. The delay is the
+    same for every chunk, so after the first it costs no playback margin; it sets the first-audio
+    depth. With one frame the first chunk (frame 0) leaves once 2 frames (14 tokens) exist, and the
+    seams stay well above 40 dB (55 dB SNR over a 12 s stream). Left context costs compute, not
+    latency, so it gets two frames. Frame 0 needs no left context and, after finish(), the last frame
+    no right context: the one-shot decode sees zero padding there too. So every frame is heard and
+    a stream of F frames gives exactly 2048 * F samples.
 
     After the first chunk, chunks grow while the listener has audio in hand: a chunk waits for more
     frames only as long as the audio already emitted outlasts collecting them (at the measured
@@ -184,7 +186,7 @@ class StreamDecoder:
             start, end = self._emitted, self._emitted + count
             lo = max(0, start - self.left_context)
             hi = min(self._pushed, end + self.right_context)
-            window = Window(self._buf[lo - self._base:hi - self._base].copy(), start - lo, count, start)
+            window = Window(self._buf[lo - self._base:hi - self._base], start - lo, count, start)
             if start == 0:
                 self._first_emit_time = self._clock()
             self._emitted = end
@@ -206,7 +208,7 @@ class StreamDecoder:
         return 1 << (min(ready, self.max_chunk).bit_length() - 1)
 
     def _must_emit(self) -> bool:
-        """Would waiting for one more frame let the listener's audio run out?"""
+        """Would waiting for one more frame let the listener's buffered audio fall below the margin?"""
         now = self._clock()
         buffered = self._emitted * FRAME_SECONDS - (now - self._first_emit_time)
         if buffered <= self.margin_s:

@@ -149,8 +149,8 @@ async def call_asgi(app, path: str, payload: dict, disconnect_when=None, disconn
 async def wait_idle(synth, timeout: float) -> float:
     """Seconds until the synthesizer has nothing running or queued."""
     start = time.monotonic()
-    while synth.stats() != {"queued": 0, "running": 0}:
-        assert time.monotonic() - start < timeout, f"still busy: {synth.stats()}"
+    while (stats := synth.stats())["queued"] or stats["running"]:
+        assert time.monotonic() - start < timeout, f"still busy: {stats}"
         await asyncio.sleep(0.02)
     return time.monotonic() - start
 
