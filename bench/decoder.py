@@ -1,7 +1,8 @@
 """Streaming SNAC decoder against one-shot decoding and the official 4-frame-window scheme.
 
 Real 24 kHz SNAC architecture with random weights (compute does not depend on the weights), random
-codes, side by side in one run. Compute is the wall time of the decode calls, median over repeats.
+codes, side by side in one run. Compute is the wall time of the decode calls; ratios are medians
+over interleaved repeats.
 
     python bench/decoder.py --json bench/results/decoder-cpu.json
     python bench/decoder.py --streams 64 --json bench/results/decoder-h100.json   # on a GPU
@@ -57,14 +58,22 @@ def streamed_windows(frames: np.ndarray, speed: float) -> tuple[list[Window], in
     return windows, first_tokens
 
 
-def median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up
-    times = []
+def timed_rounds(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+    """Seconds per call of each function, in interleaved rounds so that changing load on shared
+    cores hits all of them alike."""
+    for fn in fns.values():
+        fn()  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def median_ratio(num: list[float], den: list[float]) -> float:
+    return statistics.median(a / b for a, b in zip(num, den))
 
 
 def snr_db(reference: np.ndarray, test: np.ndarray) -> float:
@@ -95,21 +104,23 @@ def run(args, tmp: Path) -> dict:
     # `streams` streams on the same schedule: each tick decodes their windows in one batched call.
     n = args.streams
     whole = Window(frames, 0, len(frames), 0)
-    one_shot_s = median_seconds(lambda: codec.decode_windows([whole] * n), args.repeats)
-    streamed_s = median_seconds(lambda: [codec.decode_windows([w] * n) for w in windows], args.repeats)
-    official_s = median_seconds(lambda: [codec.decode_windows([w] * n) for w in official], args.repeats)
+    t = timed_rounds({
+        "one_shot": lambda: codec.decode_windows([whole] * n),
+        "streamed": lambda: [codec.decode_windows([w] * n) for w in windows],
+        "official": lambda: [codec.decode_windows([w] * n) for w in official],
+    }, args.repeats)
 
     streamed = np.concatenate(quiet.decode_windows(windows))
     assert len(streamed) == fmt.SAMPLES_PER_FRAME * len(frames)
     return {
-        "decoder_overhead": streamed_s / one_shot_s,
-        "official_window_overhead": official_s / one_shot_s,
+        "decoder_overhead": median_ratio(t["streamed"], t["one_shot"]),
+        "official_window_overhead": median_ratio(t["official"], t["one_shot"]),
         "first_audio_tokens": first_tokens,
         "official_first_audio_tokens": fmt.FRAME_TOKENS * OFFICIAL_WINDOW,
         "stream_snr_db": snr_db(quiet.decode(frames), streamed),
         "decoded_frames_ratio": sum(len(w.frames) for w in windows) / len(frames),
         "chunk_frames": [w.count for w in windows],
-        "one_shot_s": one_shot_s, "streamed_s": streamed_s, "official_s": official_s,
+        **{f"{name}_s": statistics.median(times) for name, times in t.items()},
         "frames": len(frames), "audio_s": len(frames) * FRAME_SECONDS, "generation_speed": args.speed,
         "streams": n,
         "repeats": args.repeats, "device": args.device, "torch_threads": torch.get_num_threads(),

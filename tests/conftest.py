@@ -10,7 +10,9 @@ import torch
 from orpheus_local.config import EngineConfig
 from orpheus_local.demo import build_demo_checkpoint
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# One thread: the tests often share the cores with a server subprocess, and oversubscribed torch
+# threads run an order of magnitude slower than one.
+torch.set_num_threads(1)
 
 TEST_BACKEND = os.environ.get("ORPHEUS_TEST_BACKEND", "engine")
 

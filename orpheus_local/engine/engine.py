@@ -39,14 +39,16 @@ class Engine:
         return cls(runner, config.max_queue)
 
     # --- event-loop side ---
-    def submit(self, prompt_ids: list[int], params: SynthesisParams, request_id: str, *, ignore_eos: bool = False) -> TokenStream:
+    def submit(self, prompt_ids: list[int], params: SynthesisParams, request_id: str, *, ignore_eos: bool = False,
+               max_tokens: int = 0) -> TokenStream:
+        """Queue a request. ignore_eos and max_tokens force a length (benchmarks, guards)."""
         if self._closing:
             raise NotReadyError("the engine is shutting down")
         if len(prompt_ids) > self.max_prompt_tokens:
             raise ValueError(f"text: too long for one generation ({len(prompt_ids)} prompt tokens, at most {self.max_prompt_tokens})")
         seed = params.seed if params.seed is not None else secrets.randbits(63)
         stream = TokenStream(request_id)
-        self.scheduler.submit(Request(request_id, prompt_ids, params, stream, seed, ignore_eos))
+        self.scheduler.submit(Request(request_id, prompt_ids, params, stream, seed, ignore_eos, max_tokens=max_tokens))
         return stream
 
     def stats(self) -> dict:

@@ -66,6 +66,7 @@ class ReferenceGenerator:
         params: SynthesisParams,
         *,
         ignore_eos: bool = False,
+        max_tokens: int = 0,
         streamer=None,
         cancelled: threading.Event | None = None,
     ) -> list[int]:
@@ -84,7 +85,7 @@ class ReferenceGenerator:
                 input_ids,
                 attention_mask=torch.ones_like(input_ids),
                 do_sample=True, temperature=1.0, top_p=1.0, top_k=0, repetition_penalty=1.0,
-                max_new_tokens=params.max_new_tokens, min_new_tokens=0,
+                max_new_tokens=max_tokens or params.max_new_tokens, min_new_tokens=0,
                 eos_token_id=None if ignore_eos else fmt.END_OF_SPEECH, pad_token_id=fmt.PAD,
                 logits_processor=processors, stopping_criteria=stopping, streamer=streamer,
             )

@@ -27,6 +27,7 @@ class Request:
     stream: TokenStream
     seed: int
     ignore_eos: bool = False
+    max_tokens: int = 0  # ids to sample at most; 0: params.max_new_tokens
     status: Status = Status.WAITING
     slot: int | None = None
     generated: list[int] = field(default_factory=list)
@@ -43,4 +44,4 @@ class Request:
         return self.stream.cancelled.is_set()
 
     def budget_left(self) -> int:
-        return self.params.max_new_tokens - len(self.generated)
+        return (self.max_tokens or self.params.max_new_tokens) - len(self.generated)

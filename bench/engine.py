@@ -1,0 +1,148 @@
+"""Engine against transformers generate(), side by side in one run, on random weights.
+
+    python bench/engine.py --json engine.json
+
+Each measurement runs in its own process (clean memory figures, no warm caches shared) on the same
+checkpoint, prompt and forced length (end_of_speech ignored). Keys:
+  engine_vs_generate_1           mini model, one stream: engine tokens/s over generate() tokens/s
+  engine_vs_generate_8           mini model, 8 concurrent requests against 8 sequential generate() calls
+  engine_vs_generate_real_shape  Orpheus 3B shape (random, bf16), one stream, 16 tokens
+  rss_mb_engine_8, rss_mb_reference   peak resident memory of those processes
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+TEXT = "Hey there, this is a benchmark sentence <laugh> for the Orpheus engine."
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _prompt(model_dir):
+    from orpheus_local import format as fmt
+    from orpheus_local.checkpoint import load_tokenizer
+
+    return fmt.build_prompt(load_tokenizer(model_dir), TEXT, "tara")
+
+
+def run_reference(model_dir: str, dtype: str, tokens: int, requests: int, repeats: int) -> dict:
+    from orpheus_local.engine.reference import ReferenceGenerator
+    from orpheus_local.params import SynthesisParams
+
+    gen = ReferenceGenerator.load(model_dir, "cpu", dtype)
+    prompt = _prompt(model_dir)
+    params = SynthesisParams(text=TEXT, seed=0)
+    gen.generate(prompt, params, ignore_eos=True, max_tokens=min(tokens, 8))  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for i in range(requests):  # one request at a time: all generate() can do
+            gen.generate(prompt, params.replace(seed=i), ignore_eos=True, max_tokens=tokens)
+        times.append(time.perf_counter() - start)
+    return {"seconds": statistics.median(times), "tokens": tokens * requests, "rss_mb": _peak_rss_mb()}
+
+
+def run_engine(model_dir: str, dtype: str, tokens: int, requests: int, repeats: int) -> dict:
+    from orpheus_local.config import EngineConfig
+    from orpheus_local.engine.engine import Engine
+    from orpheus_local.params import SynthesisParams
+
+    config = EngineConfig(model=model_dir, device="cpu", max_slots=max(requests, 1), max_prompt_tokens=128,
+                          max_new_tokens=max(tokens, 100))
+    engine = Engine.load(config, model_dir, "cpu", dtype)
+    prompt = _prompt(model_dir)
+    params = SynthesisParams(text=TEXT, seed=0)
+
+    async def batch(n: int, count: int) -> None:
+        async def one(i):
+            stream = engine.submit(prompt, params.replace(seed=i), f"r{i}", ignore_eos=True, max_tokens=count)
+            async for _ in stream:
+                pass
+        await asyncio.gather(*(one(i) for i in range(n)))
+
+    async def measure() -> list[float]:
+        await batch(requests, min(tokens, 8))  # warm-up
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            await batch(requests, tokens)
+            times.append(time.perf_counter() - start)
+        return times
+
+    times = asyncio.run(measure())
+    engine.close()
+    return {"seconds": statistics.median(times), "tokens": tokens * requests, "rss_mb": _peak_rss_mb()}
+
+
+def in_subprocess(part: str, **kw) -> dict:
+    args = [sys.executable, __file__, "--part", part] + [f"--{k.replace('_', '-')}={v}" for k, v in kw.items()]
+    out = subprocess.run(args, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--tokens", type=int, default=203, help="forced tokens per request, mini model")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--skip-real-shape", action="store_true", help="skip the 3B-shape run (needs ~16 GB RAM)")
+    # internal: one measurement in this process
+    ap.add_argument("--part", choices=["reference", "engine"])
+    ap.add_argument("--model-dir")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--requests", type=int, default=1)
+    args = ap.parse_args()
+
+    if args.part:
+        fn = run_reference if args.part == "reference" else run_engine
+        print(json.dumps(fn(args.model_dir, args.dtype, args.tokens, args.requests, args.repeats)))
+        return
+
+    from orpheus_local.demo import build_demo_model
+
+    work = Path(tempfile.mkdtemp(prefix="orpheus-bench-"))
+    mini = str(build_demo_model(work / "mini", seed=0, shape="mini"))
+    rows = []
+
+    def compare(name: str, model_dir: str, dtype: str, tokens: int, requests: int, repeats: int) -> dict:
+        kw = dict(model_dir=model_dir, dtype=dtype, tokens=tokens, requests=requests, repeats=repeats)
+        ref = in_subprocess("reference", **kw)
+        eng = in_subprocess("engine", **kw)
+        ratio = (eng["tokens"] / eng["seconds"]) / (ref["tokens"] / ref["seconds"])
+        rows.append((name, ref["tokens"] / ref["seconds"], eng["tokens"] / eng["seconds"], ratio))
+        print(f"{name:<32} generate() {rows[-1][1]:8.1f} tok/s   engine {rows[-1][2]:8.1f} tok/s   x{ratio:.2f}", flush=True)
+        return {"ratio": ratio, "ref": ref, "eng": eng}
+
+    one = compare("mini, 1 stream", mini, "float32", args.tokens, 1, args.repeats)
+    eight = compare("mini, 8 concurrent vs sequential", mini, "float32", args.tokens, 8, args.repeats)
+    results = {
+        "engine_vs_generate_1": one["ratio"],
+        "engine_vs_generate_8": eight["ratio"],
+        "rss_mb_engine_8": eight["eng"]["rss_mb"],
+        "rss_mb_reference": eight["ref"]["rss_mb"],
+    }
+    if not args.skip_real_shape:
+        real = str(build_demo_model(work / "real", seed=0, shape="real", dtype="bfloat16"))
+        results["engine_vs_generate_real_shape"] = compare("real 3B shape, bf16, 16 tokens", real, "bfloat16", 16, 1, 1)["ratio"]
+    results["rows"] = [dict(zip(("case", "generate_tok_s", "engine_tok_s", "ratio"), r)) for r in rows]
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
