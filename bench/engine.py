@@ -106,9 +106,13 @@ def main() -> None:
     ap.add_argument("--model-dir")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--requests", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads in each measuring process")
     args = ap.parse_args()
 
     if args.part:
+        import torch
+
+        torch.set_num_threads(args.threads)
         fn = run_reference if args.part == "reference" else run_engine
         print(json.dumps(fn(args.model_dir, args.dtype, args.tokens, args.requests, args.repeats)))
         return
@@ -120,7 +124,8 @@ def main() -> None:
     rows = []
 
     def compare(name: str, model_dir: str, dtype: str, tokens: int, requests: int, repeats: int) -> dict:
-        kw = dict(model_dir=model_dir, dtype=dtype, tokens=tokens, requests=requests, repeats=repeats)
+        kw = dict(model_dir=model_dir, dtype=dtype, tokens=tokens, requests=requests, repeats=repeats,
+                  threads=args.threads)
         ref = in_subprocess("reference", **kw)
         eng = in_subprocess("engine", **kw)
         ratio = (eng["tokens"] / eng["seconds"]) / (ref["tokens"] / ref["seconds"])

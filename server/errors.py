@@ -83,7 +83,7 @@ def error_response(path: str, error: ApiError) -> JSONResponse:
 
 def _from_http_exception(request: Request, exc: HTTPException) -> ApiError:
     """Routing's own errors (404 no such path, 405 wrong method) in the API's words."""
-    if exc.status_code == 404 and (match := _MODEL_PATH.match(request.url.path)):
+    if exc.status_code == 404 and request.method == "POST" and (match := _MODEL_PATH.match(request.url.path)):
         return unknown_model(match.group(1))
     messages = {404: "not found", 405: f"method {request.method} not allowed"}
     return ApiError(exc.status_code, messages.get(exc.status_code, str(exc.detail)), headers=dict(exc.headers or {}))

@@ -18,8 +18,6 @@ from orpheus_local.config import EngineConfig
 
 from .settings import ServerSettings
 
-log = logging.getLogger(__name__)
-
 
 def check_checkpoint(config: EngineConfig) -> None:
     """Fail fast on local checkpoint paths; hub ids are fetched (and checked) while loading."""
@@ -31,23 +29,8 @@ def check_checkpoint(config: EngineConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        settings = ServerSettings(_cli_parse_args=sys.argv[1:] if argv is None else argv)
-    except (SettingsError, ValidationError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = settings.engine_config()
-    try:
-        check_checkpoint(config)
-    except CheckpointError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-
-    from orpheus_local.synth import Synthesizer  # torch and transformers: only once the flags are valid
-
-    from .app import build_app
-
+    """Serve until stopped. Exit status: 0 after a normal stop (Ctrl-C, SIGINT), 1 when the model
+    failed to load, 2 for bad settings, a missing checkpoint or an unreadable API keys file."""
     failures: list[BaseException] = []
 
     def stop(exc: BaseException) -> None:
@@ -55,10 +38,19 @@ def main(argv: list[str] | None = None) -> int:
         server.should_exit = True
 
     try:
+        settings = ServerSettings(_cli_parse_args=sys.argv[1:] if argv is None else argv)
+        config = settings.engine_config()
+        check_checkpoint(config)
+        # torch, transformers and the app: imported only once the settings are known to be good
+        from orpheus_local.synth import Synthesizer
+
+        from .app import build_app
+
         app = build_app(lambda: Synthesizer.load(config), settings, on_load_error=stop)
-    except OSError as exc:  # an unreadable API keys file
+    except (SettingsError, ValidationError, CheckpointError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None))
     try:
         server.run()

@@ -146,13 +146,12 @@ async def call_asgi(app, path: str, payload: dict, disconnect_when=None, disconn
     return status, headers, chunks
 
 
-async def wait_idle(synth, timeout: float) -> float:
-    """Seconds until the synthesizer has nothing running or queued."""
-    start = time.monotonic()
+async def wait_idle(synth, timeout: float) -> None:
+    """Wait until the synthesizer has nothing running or queued."""
+    deadline = time.monotonic() + timeout
     while (stats := synth.stats())["queued"] or stats["running"]:
-        assert time.monotonic() - start < timeout, f"still busy: {stats}"
+        assert time.monotonic() < deadline, f"still busy after {timeout} s: {stats}"
         await asyncio.sleep(0.02)
-    return time.monotonic() - start
 
 
 # --- Segmind v1 ------------------------------------------------------------------------------
@@ -206,30 +205,29 @@ async def test_streamed_audio_leaves_while_the_generation_goes_on():
     assert sent < 0.25 and len(data) == 44 + 2 * SAMPLES_PER_FRAME
 
 
+# Finishing 2000 tokens takes several seconds on a CPU; a cancelled generation stops within a step.
+CANCELLED_WITHIN_S = 2.0
+
+
 async def test_stream_disconnect_cancels_the_generation(synthesizer):
     async with serve(synthesizer) as (_, app):
-        start = time.monotonic()
         status, _, chunks = await call_asgi(
             app, V1, {**SHORT, "max_new_tokens": 2000, "stream": True},
             disconnect_when=lambda message: bool(message.get("body")),
         )
         assert status == 200 and len(chunks) == 1
-        await wait_idle(synthesizer, timeout=10)
-        # 2000 tokens take about 20 times longer than 100 on this CPU
-        assert time.monotonic() - start < 10
+        await wait_idle(synthesizer, timeout=CANCELLED_WITHIN_S)
         assert app.state.server.admission.count == 0
 
 
 async def test_disconnect_while_waiting_for_a_whole_file_cancels_it(synthesizer):
     async with serve(synthesizer) as (_, app):
-        start = time.monotonic()
         status, _, _ = await call_asgi(app, V1, {**SHORT, "max_new_tokens": 2000}, disconnect_after=0.5)
         assert status is None  # nobody left to answer
-        await wait_idle(synthesizer, timeout=10)
-        assert time.monotonic() - start < 10
+        await wait_idle(synthesizer, timeout=CANCELLED_WITHIN_S)
         assert app.state.server.admission.count == 0
-        metrics = app.state.server.metrics.requests.labels("/v1/orpheus-3b-0.1", "499")
-        assert metrics._value.get() == 1
+        registry = app.state.server.metrics.registry
+        assert registry.get_sample_value("orpheus_http_requests_total", {"route": V1, "status": "499"}) == 1
 
 
 # --- Segmind v2 ------------------------------------------------------------------------------
@@ -247,7 +245,6 @@ async def test_v2_job_goes_from_queued_to_completed_and_serves_its_audio(synthes
         assert job["status_url"] == job["poll_url"] == f"{base}/v2/requests/{job_id}/status"
         assert job["response_url"] == f"{base}/v2/requests/{job_id}"
 
-        seen = set()
         deadline = time.monotonic() + 60
         while True:
             status = await client.get(job["status_url"])
@@ -255,12 +252,10 @@ async def test_v2_job_goes_from_queued_to_completed_and_serves_its_audio(synthes
             body = status.json()
             assert body["request_id"] == job_id and body["response_url"] == job["response_url"]
             assert set(body["metrics"]) == {"queue_time", "inference_time", "total_time"}
-            seen.add(body["status"])
             if body["status"] == "COMPLETED":
                 break
             assert body["status"] in ("QUEUED", "PROCESSING") and time.monotonic() < deadline
             await asyncio.sleep(0.05)
-        assert "QUEUED" in seen or "PROCESSING" in seen
 
         result = await client.get(job["response_url"])
         assert result.status_code == 200
