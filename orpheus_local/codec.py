@@ -21,6 +21,7 @@ Driving many streams from one codec worker thread:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
@@ -65,6 +66,7 @@ class SnacCodec:
         self.device = torch.device(device)
         self.model = model.to(self.device, torch.float32).eval()
         self.max_batch_frames = max_batch_frames
+        self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
 
     def decode(self, frames: np.ndarray) -> np.ndarray:
         """[F, 7] codes -> float32 [2048 * F] PCM, the whole utterance in one call."""
@@ -94,10 +96,17 @@ class SnacCodec:
 
     def _decode_batch(self, frames: np.ndarray) -> np.ndarray:
         """[B, W, 7] codes -> float32 [B, 2048 * W]."""
-        with torch.inference_mode():
+        with torch.inference_mode(), self._stream_context():
             codes = [torch.from_numpy(c).to(self.device) for c in fmt.frames_to_codes(frames)]
             audio = self.model.decode(codes)  # [B, 1, 2048 * W]
             return audio[:, 0].float().cpu().numpy()
+
+    def _stream_context(self):
+        # On CUDA the codec runs on its own stream, so decoding overlaps the model's decode steps
+        # instead of queueing behind them.
+        if self._stream is None:
+            return contextlib.nullcontext()
+        return torch.cuda.stream(self._stream)
 
 
 def _bake_weight_norm(model: nn.Module) -> None:

@@ -109,7 +109,8 @@ class ModelRunner:
     def _capture(self, key: tuple[int, int]) -> None:
         """Record the decode step for this bucket. Capturing runs nothing, so no state moves."""
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
+        # thread_local: the codec thread keeps using the GPU while this thread captures.
+        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
             self._decode_step(*key)
         self._pool = graph.pool()
         self._graphs[key] = graph
