@@ -15,7 +15,7 @@ from orpheus_local.errors import NotReadyError, QueueFullError
 from orpheus_local.params import SynthesisParams
 from orpheus_local.synth import Synthesizer
 
-from .errors import busy, generation_failed, not_ready
+from .errors import busy, generation_failed, invalid, not_ready
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,8 @@ async def pcm_chunks(
         raise busy("the generation queue is full") from None
     except NotReadyError:
         raise not_ready() from None
+    except ValueError as exc:  # the core's verdict on the input (e.g. a text too long for one prompt)
+        raise invalid(str(exc)) from None
     except Exception:
         log.exception("generation of request %s failed", request_id)
         raise generation_failed(request_id) from None
