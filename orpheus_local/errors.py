@@ -5,6 +5,10 @@ class OrpheusError(RuntimeError):
     pass
 
 
+class InputError(OrpheusError, ValueError):
+    """The request cannot be served as given (HTTP 400); the message starts with the field name."""
+
+
 class QueueFullError(OrpheusError):
     """More requests waiting than the configured limit (HTTP 429)."""
 

@@ -11,7 +11,7 @@ from typing import AsyncIterator, Callable
 import numpy as np
 
 from orpheus_local.audio import SAMPLE_RATE, StreamEncoder
-from orpheus_local.errors import NotReadyError, QueueFullError
+from orpheus_local.errors import InputError, NotReadyError, QueueFullError
 from orpheus_local.params import SynthesisParams
 from orpheus_local.synth import Synthesizer
 
@@ -64,7 +64,7 @@ async def pcm_chunks(
         raise busy("the generation queue is full") from None
     except NotReadyError:
         raise not_ready() from None
-    except ValueError as exc:  # the core's verdict on the input (e.g. a text too long for one prompt)
+    except InputError as exc:  # the core's verdict on the input (e.g. a text too long for one prompt)
         raise invalid(str(exc)) from None
     except Exception:
         log.exception("generation of request %s failed", request_id)

@@ -13,7 +13,7 @@ import time
 
 from .. import format as fmt
 from ..config import EngineConfig
-from ..errors import GenerationError, NotReadyError
+from ..errors import GenerationError, InputError, NotReadyError
 from ..params import SynthesisParams
 from .request import Request, Status
 from .runner import ModelRunner
@@ -45,7 +45,7 @@ class Engine:
         if self._closing:
             raise NotReadyError("the engine is shutting down")
         if len(prompt_ids) > self.max_prompt_tokens:
-            raise ValueError(f"text: too long for one generation ({len(prompt_ids)} prompt tokens, at most {self.max_prompt_tokens})")
+            raise InputError(f"text: too long for one generation ({len(prompt_ids)} prompt tokens, at most {self.max_prompt_tokens})")
         seed = params.seed if params.seed is not None else secrets.randbits(63)
         stream = TokenStream(request_id)
         self.scheduler.submit(Request(request_id, prompt_ids, params, stream, seed, ignore_eos, max_tokens=max_tokens))
