@@ -33,9 +33,7 @@ class Decoded:
 
 
 class PcmMeter:
-    """Raw 16-bit mono samples at a known rate."""
-
-    per_chunk = True
+    """Raw samples at a known rate: 16-bit mono unless a WAV header says otherwise."""
 
     def __init__(self, sample_rate: int = PCM_RATE, frame_bytes: int = 2):
         self.sample_rate = sample_rate
@@ -55,8 +53,6 @@ class PcmMeter:
 class WavMeter:
     """A WAV file or stream: the header is parsed (whatever chunks precede the data), then samples
     are counted like pcm. A stream's "unknown" data length means: everything that follows."""
-
-    per_chunk = True
 
     def __init__(self):
         self._head = b""
@@ -112,12 +108,11 @@ def _parse_wav_header(buf: bytes) -> tuple[int, int, int, int] | None:
 class EncodedMeter:
     """A compressed format: kept whole, decoded at the end."""
 
-    per_chunk = False
-
     def __init__(self):
         self._body = bytearray()
 
     def feed(self, data: bytes) -> None:
+        """None: how much audio a piece of a compressed stream holds is not known until the end."""
         self._body += data
 
     def finish(self) -> Decoded:

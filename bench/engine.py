@@ -90,8 +90,8 @@ def run_engine(model_dir: str, dtype: str, tokens: int, requests: int, repeats: 
 
 
 def in_subprocess(part: str, **kw) -> dict:
-    args = [sys.executable, __file__, "--part", part] + [f"--{k.replace('_', '-')}={v}" for k, v in kw.items()]
-    out = subprocess.run(args, capture_output=True, text=True, check=True)
+    args = [sys.executable, "-m", "bench.engine", "--part", part] + [f"--{k.replace('_', '-')}={v}" for k, v in kw.items()]
+    out = subprocess.run(args, capture_output=True, text=True, check=True, cwd=ROOT)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -31,7 +31,7 @@ class RequestResult:
     samples: int | None = None  # decoded samples per channel, at sample_rate
     sample_rate: int | None = None
     rtfx: float | None = None  # audio seconds per second of total time
-    chunks: int = 0  # reads that carried audio
+    chunks: int = 0  # reads that carried audio (completed samples, for wav and pcm)
     underruns: int | None = None  # None where playback cannot be accounted (whole file, compressed)
     stall_seconds: float | None = None
     bytes: int = 0
@@ -85,38 +85,39 @@ async def _exchange(client: httpx.AsyncClient, target: Target, text: str, start:
         if events:
             received.add(events.finish(), time.perf_counter())
     end = time.perf_counter()
-    meter = received.meter
-    decoded = await asyncio.to_thread(meter.finish)  # PyAV decoding would stall other streams' clocks
+    decoded = await asyncio.to_thread(received.meter.finish)  # PyAV decoding would stall other streams' clocks
     if not decoded.samples:
         _fail(result, NO_AUDIO, "the response held no audio samples")
         return
     result.ttfa, result.total = received.first_audio - start, end - start
     result.samples, result.sample_rate, result.audio_seconds = decoded.samples, decoded.sample_rate, decoded.seconds
     result.rtfx = decoded.seconds / result.total
-    result.chunks = len(received.arrivals) if meter.per_chunk else 0
-    if target.streamed and meter.per_chunk:
+    result.chunks = received.chunks
+    if target.playback_accounted:
         played = playback(start, received.arrivals, received.durations)
         result.underruns, result.stall_seconds = played.underruns, played.stall_seconds
 
 
 class _Reception:
-    """Audio as it arrives: when each read completed samples and how many seconds of them, and
-    when the first audio came."""
+    """Audio as it arrives: reads that carried audio, when the first came, and for wav and pcm how
+    many seconds each read completed."""
 
     def __init__(self, meter):
         self.meter = meter
         self.arrivals: list[float] = []
         self.durations: list[float] = []
         self.first_audio: float | None = None
+        self.chunks = 0
 
     def add(self, audio: bytes, now: float) -> None:
         seconds = self.meter.feed(audio)
         if seconds:
             self.arrivals.append(now)
             self.durations.append(seconds)
-        # Compressed audio cannot be counted per read: its first encoded byte stands for the first audio.
-        if self.first_audio is None and (seconds if self.meter.per_chunk else audio):
-            self.first_audio = now
+        # Compressed audio cannot be counted per read: its encoded bytes stand for audio.
+        if seconds or (seconds is None and audio):
+            self.chunks += 1
+            self.first_audio = self.first_audio or now
 
 
 def error_message(body: bytes) -> str:

@@ -37,7 +37,11 @@ class LevelSummary:
 
     @property
     def label(self) -> str:
-        return f"concurrency {self.load:g}" if self.mode == CLOSED else f"rate {self.load:g}/s"
+        return level_label(self.mode, self.load)
+
+
+def level_label(mode: str, load: float) -> str:
+    return f"concurrency {load:g}" if mode == CLOSED else f"rate {load:g}/s"
 
 
 def summarize(mode: str, load: float, results: list[RequestResult], wall_seconds: float,

@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return serve_main(argv[1:])
     if argv and argv[0] == "bench":
-        from bench.http import main as bench_main
+        from bench.latency import main as bench_main
 
         return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
