@@ -157,6 +157,8 @@ class StreamDecoder:
         self._finished = False
         self._first_push: tuple[float, int] | None = None  # (time, frames in that push)
         self._first_emit_time = 0.0
+        # Measured codec cost, kept up to date by whoever decodes the windows (the codec worker).
+        self.decode_seconds_per_frame = 0.0
 
     @property
     def frames_pushed(self) -> int:
@@ -220,12 +222,16 @@ class StreamDecoder:
         """Would waiting for one more frame let the listener's buffered audio fall below the margin?"""
         now = self._clock()
         buffered = self._emitted * FRAME_SECONDS - (now - self._first_emit_time)
-        if buffered <= self.margin_s:
+        # The chunk must also be decoded and delivered before the audio runs out: on a slow codec
+        # (a CPU) a large window takes a good part of a second.
+        window = self._pushed - self._emitted + self.left_context + self.right_context
+        margin = self.margin_s + self.decode_seconds_per_frame * window
+        if buffered <= margin:
             return True
         first_time, first_count = self._first_push
         elapsed = now - first_time
         rate = (self._pushed - first_count) / elapsed if elapsed > 0 else math.inf  # frames per second
-        return rate * (buffered - self.margin_s) < 1  # not one more frame before the margin is reached
+        return rate * (buffered - margin) < 1  # not one more frame before the margin is reached
 
 
 def iter_stream(codec: SnacCodec, frame_batches: Iterable[np.ndarray],

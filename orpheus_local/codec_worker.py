@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 
 import numpy as np
 
@@ -72,6 +73,7 @@ class CodecWorker:
         self._wake = threading.Event()
         self._stopping = False
         self.decode_calls = 0
+        self._per_frame: float | None = None
         self._thread = threading.Thread(target=self._run, name="orpheus-codec", daemon=True)
         self._thread.start()
 
@@ -89,6 +91,13 @@ class CodecWorker:
         self._wake.set()
         self._thread.join(timeout=10)
 
+    def _observe(self, seconds: float, frames: int, streams: list[AudioStream]) -> None:
+        """Track the codec's cost per frame, so streams leave room to decode their next chunk."""
+        per_frame = seconds / max(frames, 1)
+        self._per_frame = per_frame if self._per_frame is None else 0.8 * self._per_frame + 0.2 * per_frame
+        for s in streams:
+            s.decoder.decode_seconds_per_frame = self._per_frame
+
     def _run(self) -> None:
         while not self._stopping:
             self._wake.wait(timeout=TICK_S)
@@ -98,8 +107,10 @@ class CodecWorker:
             ready = [(s, w) for s in streams if not s.closed for w in iter(s.decoder.ready_window, None)]
             if ready:
                 try:
+                    started = time.perf_counter()
                     chunks = self.codec.decode_windows([w for _, w in ready])
                     self.decode_calls += 1
+                    self._observe(time.perf_counter() - started, sum(len(w.frames) for _, w in ready), streams)
                 except Exception as exc:  # fail the streams of this batch, keep serving the others
                     log.exception("codec decode failed")
                     for s, _ in ready:
