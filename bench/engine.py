@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -30,7 +29,11 @@ TEXT = "Hey there, this is a benchmark sentence <laugh> for the Orpheus engine."
 
 
 def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM, not getrusage: ru_maxrss survives exec, so it would report the parent's peak.
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def _prompt(model_dir):
@@ -89,6 +92,17 @@ def run_engine(model_dir: str, dtype: str, tokens: int, requests: int, repeats: 
     return {"seconds": statistics.median(times), "tokens": tokens * requests, "rss_mb": _peak_rss_mb()}
 
 
+def machine_info(args) -> dict:
+    import os
+    import platform
+
+    import torch
+
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__,
+            "torch_threads": args.threads, "date": time.strftime("%Y-%m-%d"),
+            "command": "python bench/engine.py " + " ".join(sys.argv[1:])}
+
+
 def in_subprocess(part: str, **kw) -> dict:
     args = [sys.executable, "-m", "bench.engine", "--part", part] + [f"--{k.replace('_', '-')}={v}" for k, v in kw.items()]
     out = subprocess.run(args, capture_output=True, text=True, check=True, cwd=ROOT)
@@ -145,6 +159,7 @@ def main() -> None:
         real = str(build_demo_model(work / "real", seed=0, shape="real", dtype="bfloat16"))
         results["engine_vs_generate_real_shape"] = compare("real 3B shape, bf16, 16 tokens", real, "bfloat16", 16, 1, 1)["ratio"]
     results["rows"] = [dict(zip(("case", "generate_tok_s", "engine_tok_s", "ratio"), r)) for r in rows]
+    results.update(machine_info(args))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

@@ -86,15 +86,17 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=700, help="forced audio tokens per stream in the load test")
     ap.add_argument("--levels", default="1,16,32,64,128,192,256")
     ap.add_argument("--shape", default="real")
+    ap.add_argument("--device", default="cuda", help="cpu runs the same code on a small shape, to check it")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="orpheus-bench-"))
     t = time.perf_counter()
-    model_dir = build_demo_model(work / "model", seed=0, shape=args.shape, dtype="bfloat16", device="cuda")
+    model_dir = build_demo_model(work / "model", seed=0, shape=args.shape, dtype="bfloat16", device=args.device)
     snac_dir = build_demo_snac(work / "snac", seed=0)
     print(f"built random {args.shape} checkpoint in {time.perf_counter() - t:.1f} s", flush=True)
 
-    config = EngineConfig(model=str(model_dir), snac=str(snac_dir), device="cuda", dtype="bfloat16",
+    dtype = "bfloat16" if args.device == "cuda" else "float32"
+    config = EngineConfig(model=str(model_dir), snac=str(snac_dir), device=args.device, dtype=dtype,
                           max_slots=args.slots, max_prompt_tokens=128, max_new_tokens=1200, max_queue=4096)
     t = time.perf_counter()
     synth = Synthesizer.load(config)
@@ -118,7 +120,7 @@ def main() -> None:
     synth.close()
     best = max((lv["concurrency"] for lv in results["levels"] if lv["ok"]), default=0)
     results.update({
-        "gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "python": platform.python_version(),
+        "gpu": torch.cuda.get_device_name() if args.device == "cuda" else "none (cpu)", "torch": torch.__version__, "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv), "shape": args.shape,
         "realtime_streams": best,
     })
