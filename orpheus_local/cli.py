@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--dest", default=str(DEFAULT_WEIGHTS_DIR))
     f.set_defaults(func=cmd_fetch)
 
-    b = sub.add_parser("bench", help="latency benchmark against a base URL (orpheus-local bench --help)", add_help=False)
+    sub.add_parser("bench", help="latency benchmark against a base URL (orpheus-local bench --help)", add_help=False)
     return parser
 
 

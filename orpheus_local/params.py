@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
+from .text import check_tags
+
 TRAINED_VOICES = ("tara", "leah", "jess", "leo", "dan", "mia", "zac", "zoe")
 # Segmind lists josh and emma; they are not trained speakers, the name is passed through as prefix.
 VOICES = TRAINED_VOICES + ("josh", "emma")
@@ -34,6 +36,11 @@ class SynthesisParams:
             raise ValueError("text: must be a string")
         if not self.text.strip():
             raise ValueError("text: must not be empty")
+        try:
+            self.text.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate (JSON can escape one): no tokenizer takes it
+            raise ValueError("text: must be valid Unicode (it has a lone surrogate)") from None
+        check_tags(self.text)
         if self.voice is not None:
             if not isinstance(self.voice, str):
                 raise ValueError("voice: must be a string")

@@ -1,6 +1,7 @@
 """Synthesizer: the one facade the server, the CLI and the benchmarks use.
 
-text + params -> prompt ids -> backend (engine or reference) -> audio ids -> frames -> SNAC -> PCM.
+text + params -> parts -> prompt ids -> backend (engine or reference) -> audio ids -> frames -> SNAC
+-> PCM, the parts' audio joined in order.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import AsyncIterator
 
@@ -18,7 +20,11 @@ from .checkpoint import load_snac, load_tokenizer, resolve_model_dir, resolve_sn
 from .codec import SnacCodec
 from .codec_worker import CodecWorker
 from .config import EngineConfig
+from .crossfade import CROSSFADE_SAMPLES
+from .guards import GuardLimits
 from .params import SynthesisParams
+from .parts import GuardListener, Part, join_parts
+from .text import MAX_PART_CHARS, split_text
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +47,7 @@ class Synthesizer:
         self.codec = codec
         self.codec_worker = CodecWorker(codec)
         self.info = info
+        self.guard_limits = GuardLimits()  # the thresholds of every part's guards
 
     @classmethod
     def load(cls, config: EngineConfig) -> "Synthesizer":
@@ -62,11 +69,15 @@ class Synthesizer:
         return fmt.build_prompt(self.tokenizer, params.text, params.voice)
 
     async def stream_ids(
-        self, params: SynthesisParams, request_id: str | None = None, *, ignore_eos: bool = False
+        self, params: SynthesisParams, request_id: str | None = None, *, ignore_eos: bool = False, max_tokens: int = 0
     ) -> AsyncIterator[list[int]]:
-        """Audio ids as the backend produces them; leaving the loop early cancels the request."""
+        """Audio ids of one generation as the backend produces them; leaving the loop early cancels it.
+
+        ignore_eos and max_tokens force a length: exactly max_new_tokens, or at most max_tokens.
+        """
         stream = self.backend.submit(
-            self.prompt_ids(params), params, request_id or uuid.uuid4().hex, ignore_eos=ignore_eos
+            self.prompt_ids(params), params, request_id or uuid.uuid4().hex, ignore_eos=ignore_eos,
+            max_tokens=max_tokens,
         )
         try:
             async for ids in stream:
@@ -75,36 +86,29 @@ class Synthesizer:
             stream.cancel()
 
     async def stream(
-        self, params: SynthesisParams, request_id: str | None = None, *, ignore_eos: bool = False
+        self, params: SynthesisParams, request_id: str | None = None, *, ignore_eos: bool = False,
+        on_guard: GuardListener | None = None,
     ) -> AsyncIterator[np.ndarray]:
-        """float32 mono PCM chunks at 24 kHz, in order, as frames are generated."""
-        audio = self.codec_worker.open()
-        feeder = asyncio.create_task(self._feed(audio, params, request_id, ignore_eos))
-        try:
+        """float32 mono PCM chunks at 24 kHz, in order, as frames are generated.
+
+        Text longer than one part is split at sentences and the parts' audio is joined with a
+        crossfade (parts.py). Each part is guarded against running away, and on_guard is told when a
+        guard fires; ignore_eos, which forces every part to max_new_tokens, turns the guards off.
+        """
+        request_id = request_id or uuid.uuid4().hex
+        if len(params.text) <= MAX_PART_CHARS:
+            texts = [params.text]
+        else:  # the segmenter takes up to half a second on the longest texts: off the event loop
+            texts = await asyncio.to_thread(split_text, params.text)
+        limits = None if ignore_eos else self.guard_limits
+        parts = [
+            Part(self, params.replace(text=text), request_id, i, limits=limits, ignore_eos=ignore_eos,
+                 on_guard=on_guard)
+            for i, text in enumerate(texts)
+        ]
+        async with aclosing(join_parts(parts, CROSSFADE_SAMPLES)) as audio:
             async for pcm in audio:
                 yield pcm
-            await feeder  # raises the generation's error, if any
-        finally:
-            audio.close()
-            if not feeder.done():
-                feeder.cancel()  # the consumer left: stop generating
-            await asyncio.gather(feeder, return_exceptions=True)
-
-    async def _feed(self, audio, params: SynthesisParams, request_id: str | None, ignore_eos: bool) -> None:
-        """Generated ids -> whole frames -> the stream's decoder."""
-        pending: list[int] = []
-        try:
-            async for ids in self.stream_ids(params, request_id, ignore_eos=ignore_eos):
-                pending.extend(ids)
-                whole = len(pending) // fmt.FRAME_TOKENS * fmt.FRAME_TOKENS
-                if whole:
-                    audio.push(fmt.ids_to_frames(pending[:whole]))
-                    del pending[:whole]
-        except BaseException as exc:
-            audio.error = exc
-            audio.close()
-            raise
-        audio.finish()  # an incomplete last frame (cut by max_new_tokens) is dropped
 
     async def synthesize(self, params: SynthesisParams, request_id: str | None = None, **kw) -> np.ndarray:
         chunks = [c async for c in self.stream(params, request_id, **kw)]

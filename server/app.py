@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from . import errors
 from .auth import ApiKeyAuth, load_keys
 from .metrics import RequestCounter
+from .request_log import AccessLog
 from .routes import openai, ops, segmind
 from .settings import ServerSettings
 from .state import ServerState, SynthesizerSource
@@ -54,5 +55,6 @@ def build_app(
     for module in (segmind, openai, ops):
         app.include_router(module.router)
     app.add_middleware(ApiKeyAuth, keys=keys)
-    app.add_middleware(RequestCounter, metrics=state.metrics)  # outermost: counts 401s too
+    app.add_middleware(RequestCounter, metrics=state.metrics)  # outside auth: counts 401s too
+    app.add_middleware(AccessLog)  # outermost: logs every answer, with the time spent in the others
     return app

@@ -11,6 +11,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from .errors import INVALID_KEY, MISSING_KEY, ApiError, error_response
 
 OPEN_PATHS = frozenset({"/health", "/ready"})
+# request.state's name for which configured key a request presented (its index): a v2 job is the
+# submitting key's alone.
+CLIENT_KEY = "api_key_index"
 
 
 def load_keys(path: Path | None) -> tuple[bytes, ...]:
@@ -30,10 +33,15 @@ def presented_key(headers: Headers) -> str | None:
     return token.strip() or None
 
 
+def key_index(key: str, keys: tuple[bytes, ...]) -> int | None:
+    """Which of keys this is, or None. Every key is compared, each in constant time, so timing
+    tells nothing about any of them."""
+    matches = [hmac.compare_digest(key.encode(), known) for known in keys]
+    return matches.index(True) if any(matches) else None
+
+
 def is_valid(key: str, keys: tuple[bytes, ...]) -> bool:
-    # Compare against every key, each in constant time, so timing tells nothing about any of them.
-    candidate = key.encode()
-    return sum(hmac.compare_digest(candidate, known) for known in keys) > 0
+    return key_index(key, keys) is not None
 
 
 class ApiKeyAuth:
@@ -47,10 +55,12 @@ class ApiKeyAuth:
         if scope["type"] != "http" or not self.keys or scope["path"] in OPEN_PATHS:
             return await self.app(scope, receive, send)
         key = presented_key(Headers(scope=scope))
+        index = None if key is None else key_index(key, self.keys)
         if key is None:
             error = ApiError(401, MISSING_KEY, code="missing_api_key")
-        elif not is_valid(key, self.keys):
+        elif index is None:
             error = ApiError(401, INVALID_KEY, code="invalid_api_key")
         else:
+            scope.setdefault("state", {})[CLIENT_KEY] = index
             return await self.app(scope, receive, send)
         await error_response(scope["path"], error)(scope, receive, send)

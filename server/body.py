@@ -54,6 +54,8 @@ def _json_object(body: bytes) -> dict:
         value = json.loads(body)
     except (UnicodeDecodeError, ValueError) as exc:
         raise ApiError(400, f"malformed JSON body: {exc}", code="invalid_json") from None
+    except RecursionError:  # arrays or objects nested deeper than the parser's stack
+        raise ApiError(400, "malformed JSON body: nested too deeply", code="invalid_json") from None
     if not isinstance(value, dict):
         raise ApiError(400, "the JSON body must be an object", code="invalid_json")
     return value

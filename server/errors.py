@@ -48,6 +48,11 @@ def invalid(message: str) -> ApiError:
     return ApiError(400, message, param=field, code="invalid_value")
 
 
+def text_too_long(field: str, length: int, limit: int) -> ApiError:
+    return ApiError(413, f"{field}: {length} characters is more than the {limit} one request may have; "
+                         f"send the text in several requests", param=field, code="text_too_long")
+
+
 def busy(reason: str) -> ApiError:
     return ApiError(429, f"too many requests: {reason}; retry shortly", code="rate_limit_exceeded",
                     headers={"Retry-After": str(RETRY_AFTER_BUSY_S)})
@@ -55,6 +60,11 @@ def busy(reason: str) -> ApiError:
 
 def not_ready() -> ApiError:
     return ApiError(503, "the model is still loading; retry shortly", code="not_ready",
+                    headers={"Retry-After": str(RETRY_AFTER_LOADING_S)})
+
+
+def shutting_down() -> ApiError:
+    return ApiError(503, "the server is shutting down; retry shortly", code="shutting_down",
                     headers={"Retry-After": str(RETRY_AFTER_LOADING_S)})
 
 

@@ -15,6 +15,7 @@ from orpheus_local.errors import InputError, NotReadyError, QueueFullError
 from orpheus_local.params import SynthesisParams
 from orpheus_local.synth import Synthesizer
 
+from . import request_log
 from .errors import busy, generation_failed, invalid, not_ready
 from .metrics import Metrics
 
@@ -49,14 +50,21 @@ async def pcm_chunks(
     synth: Synthesizer, params: SynthesisParams, request_id: str, metrics: Metrics
 ) -> AsyncIterator[np.ndarray]:
     """synth.stream(), measured, with failures turned into ApiErrors (500s keep their trace in the log)."""
+    record = request_log.current()
+    record.request_id = request_id
     start = time.perf_counter()
     samples = 0
+
+    def count_guard(guard: str, action: str) -> None:
+        metrics.guards.labels(guard, action).inc()
+
     try:
         # aclosing: leaving early cancels the engine request now, not when the generator is collected
-        async with aclosing(synth.stream(params, request_id)) as stream:
+        async with aclosing(synth.stream(params, request_id, on_guard=count_guard)) as stream:
             async for pcm in stream:
                 if not samples and pcm.size:
-                    metrics.time_to_first_audio.observe(time.perf_counter() - start)
+                    record.ttfa_s = time.perf_counter() - start
+                    metrics.time_to_first_audio.observe(record.ttfa_s)
                 samples += len(pcm)
                 yield pcm
         metrics.generation_seconds.observe(time.perf_counter() - start)
@@ -70,7 +78,8 @@ async def pcm_chunks(
         log.exception("generation of request %s failed", request_id)
         raise generation_failed(request_id) from None
     finally:
-        metrics.audio_seconds.inc(samples / SAMPLE_RATE)
+        record.audio_s, record.generation_s = samples / SAMPLE_RATE, time.perf_counter() - start
+        metrics.audio_seconds.inc(record.audio_s)
 
 
 async def collect(chunks: AsyncIterator[np.ndarray], on_first: Callable[[], None] | None = None) -> np.ndarray:

@@ -14,6 +14,7 @@ import numpy as np
 
 from orpheus_local.audio import encode_audio
 
+from . import request_log
 from .errors import ApiError, busy
 from .generation import Admission, collect
 
@@ -31,6 +32,8 @@ class Job:
     status: str = QUEUED
     audio: bytes | None = None  # the WAV file, once COMPLETED
     error: str | None = None  # once FAILED
+    speed: float = 1.0  # playback speed of the WAV file
+    owner: int | None = None  # the API key that submitted it (its index), when keys are configured
     task: asyncio.Task | None = field(default=None, repr=False)
 
     def metrics(self, now: float) -> dict:
@@ -52,20 +55,23 @@ class JobStore:
         self.clock = clock
         self._jobs: dict[str, Job] = {}
 
-    def submit(self, generate: Callable[[str], AsyncIterator[np.ndarray]]) -> Job:
+    def submit(self, generate: Callable[[str], AsyncIterator[np.ndarray]], *, speed: float = 1.0,
+               owner: int | None = None) -> Job:
         """Start generate(job_id) in the background; 429 when the server or the store is full."""
         self._forget_expired()
         if len(self._jobs) >= self.max_jobs:
             raise busy(f"{self.max_jobs} jobs are stored")
         self.admission.acquire()
         job_id = secrets.token_urlsafe(16)  # unguessable: no client can find another's results
-        job = self._jobs[job_id] = Job(job_id, created=self.clock())
+        job = self._jobs[job_id] = Job(job_id, created=self.clock(), speed=speed, owner=owner)
         job.task = asyncio.create_task(self._run(job, generate(job_id)), name=f"job-{job_id}")
         return job
 
-    def get(self, job_id: str) -> Job | None:
+    def get(self, job_id: str, owner: int | None = None) -> Job | None:
+        """The job, if it exists and owner submitted it: another key's job is as good as unknown."""
         self._forget_expired()
-        return self._jobs.get(job_id)
+        job = self._jobs.get(job_id)
+        return job if job is not None and job.owner == owner else None
 
     async def close(self) -> None:
         """Cancel the jobs still generating (server shutdown)."""
@@ -78,18 +84,23 @@ class JobStore:
         def processing() -> None:
             job.status, job.started = PROCESSING, self.clock()
 
+        # The job outlives the request that submitted it: its generation goes on a log line of its
+        # own, with the status it would have had as a request.
+        record = request_log.open_record("job", job.id)
+        record.status = 499  # cancelled, unless it ends otherwise
         try:
             pcm = await collect(chunks, on_first=processing)
-            job.audio = encode_audio(pcm, "wav")
-            job.status = COMPLETED
+            job.audio = encode_audio(pcm, "wav", speed=job.speed)
+            job.status, record.status = COMPLETED, 200
         except ApiError as exc:
-            job.status, job.error = FAILED, exc.message
+            job.status, job.error, record.status = FAILED, exc.message, exc.status
         except Exception:
             log.exception("job %s failed", job.id)
-            job.status, job.error = FAILED, f"generation failed (request {job.id})"
+            job.status, job.error, record.status = FAILED, f"generation failed (request {job.id})", 500
         finally:
             job.finished = self.clock()
             self.admission.release()
+            record.write()
 
     def _forget_expired(self) -> None:
         cutoff = self.clock() - self.ttl_s

@@ -1,4 +1,5 @@
-"""`orpheus-local serve`: settings from flags and ORPHEUS_* variables, logging, then uvicorn.
+"""`orpheus-local serve`: settings from flags and ORPHEUS_* variables, logging, then uvicorn
+(GracefulServer: a stop drains the requests in flight).
 
 Nothing is loaded here: the model loads in the app's lifespan, so /health answers from the start.
 A missing local checkpoint is reported before the server starts.
@@ -6,7 +7,6 @@ A missing local checkpoint is reported before the server starts.
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import uvicorn
@@ -16,6 +16,8 @@ from pydantic_settings import SettingsError
 from orpheus_local.checkpoint import CheckpointError, looks_like_hub_id, resolve_model_dir, resolve_snac_dir
 from orpheus_local.config import EngineConfig
 
+from .lifecycle import GracefulServer
+from .logs import configure_logging, log_settings
 from .settings import ServerSettings
 
 
@@ -29,8 +31,9 @@ def check_checkpoint(config: EngineConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Serve until stopped. Exit status: 0 after a normal stop (Ctrl-C, SIGINT), 1 when the model
-    failed to load, 2 for bad settings, a missing checkpoint or an unreadable API keys file."""
+    """Serve until stopped. Exit status: 0 after a normal stop (SIGTERM or SIGINT, once the requests
+    in flight are done), 1 when the model failed to load, 2 for bad settings, a missing or damaged
+    checkpoint or an unreadable API keys file; 128 + the signal's number after a second signal."""
     failures: list[BaseException] = []
 
     def stop(exc: BaseException) -> None:
@@ -50,12 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     except (SettingsError, ValidationError, CheckpointError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None))
-    try:
-        server.run()
-    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown: a normal stop
-        pass
+    configure_logging(settings.log_level, settings.log_format)
+    log_settings(settings)
+    # access_log off: server/request_log.py writes one richer line per request instead
+    server_config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
+    server = GracefulServer(server_config, app.state.server, settings.shutdown_grace_s)
+    server.run()
     if failures:
         print(f"error: {failures[0]}", file=sys.stderr)
         return 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 _LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30)
@@ -23,15 +23,23 @@ class Metrics:
             "orpheus_generation_seconds", "wall time of one completed generation", buckets=_DURATION_BUCKETS,
             registry=self.registry)
         self.audio_seconds = Counter("orpheus_audio_seconds", "seconds of audio produced", registry=self.registry)
+        self.guards = Counter("orpheus_guard_fired", "guards that caught a runaway part, by guard and action",
+                              ["guard", "action"], registry=self.registry)
         self.in_flight = Gauge("orpheus_requests_in_flight", "requests generating or waiting for the engine",
                                registry=self.registry)
         self.queued = Gauge("orpheus_requests_queued", "requests waiting for a slot in the engine",
                             registry=self.registry)
+        self.running = Gauge("orpheus_requests_running", "requests holding a slot in the engine (generating)",
+                             registry=self.registry)
+        ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, open fds, cpu seconds
 
-    def watch(self, in_flight: Callable[[], float], queued: Callable[[], float]) -> None:
-        """Read the two gauges from their sources at scrape time."""
+    def watch(self, in_flight: Callable[[], float], queued: Callable[[], float],
+              running: Callable[[], float] | None = None) -> None:
+        """Read the gauges from their sources at scrape time."""
         self.in_flight.set_function(in_flight)
         self.queued.set_function(queued)
+        if running is not None:
+            self.running.set_function(running)
 
 
 class RequestCounter:

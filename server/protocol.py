@@ -11,7 +11,7 @@ from pydantic import BaseModel, BeforeValidator, Field, ValidationError
 from orpheus_local.audio import FORMATS, SPEED_MAX, SPEED_MIN
 from orpheus_local.params import DEFAULT_VOICE, RANGES, SynthesisParams
 
-from .errors import SERVED_MODEL, invalid, unknown_model
+from .errors import SERVED_MODEL, invalid, text_too_long, unknown_model
 
 SPEECH_MODELS = (SERVED_MODEL, "orpheus", "tts-1", "tts-1-hd")
 _DEFAULTS = {f.name: f.default for f in fields(SynthesisParams)}
@@ -42,8 +42,11 @@ class Sampling(BaseModel):
     repetition_penalty: Number = _ranged("repetition_penalty", "penalty for repeated tokens")
     seed: Integer | None = Field(None, ge=0, le=2**63 - 1, description="seed for reproducible sampling (extension)")
 
-    def _synthesis_params(self, text: str, voice: str) -> SynthesisParams:
-        """The one mapping to SynthesisParams; its checks (empty text, unknown voice) become 400s."""
+    def _synthesis_params(self, field: str, text: str, voice: str, max_chars: int) -> SynthesisParams:
+        """The one mapping to SynthesisParams; its checks (empty text, unknown voice or tag) become
+        400s, text longer than max_chars a 413."""
+        if len(text) > max_chars:
+            raise text_too_long(field, len(text), max_chars)
         try:
             return SynthesisParams(
                 text=text, voice=voice, temperature=self.temperature, top_p=self.top_p,
@@ -58,10 +61,11 @@ class SegmindRequest(Sampling):
 
     text: str = Field(description="what to say; emotion tags like <sigh> or <laugh> are spoken as such")
     voice: str = Field(DEFAULT_VOICE, description="speaker")
+    speed: Number = Field(1.0, ge=SPEED_MIN, le=SPEED_MAX, description="playback speed factor, pitch kept (extension)")
     stream: bool = Field(False, description="send a chunked WAV as audio is generated (extension, v1 only)")
 
-    def synthesis_params(self) -> SynthesisParams:
-        return self._synthesis_params(self.text, self.voice)
+    def synthesis_params(self, max_chars: int) -> SynthesisParams:
+        return self._synthesis_params("text", self.text, self.voice, max_chars)
 
 
 class SpeechRequest(Sampling):
@@ -74,10 +78,10 @@ class SpeechRequest(Sampling):
     speed: Number = Field(1.0, ge=SPEED_MIN, le=SPEED_MAX, description="playback speed factor")
     stream_format: Literal["audio", "sse"] = Field("audio", description="raw audio bytes or server-sent events")
 
-    def synthesis_params(self) -> SynthesisParams:
+    def synthesis_params(self, max_chars: int) -> SynthesisParams:
         if self.model not in SPEECH_MODELS:
             raise unknown_model(self.model)
-        return self._synthesis_params(self.input, self.voice)
+        return self._synthesis_params("input", self.input, self.voice, max_chars)
 
 
 M = TypeVar("M", bound=BaseModel)

@@ -46,10 +46,14 @@ class ServerSettings(BaseSettings):
     )
     remaining_credits: Decimal = Field(Decimal(1000), description="value of the X-Remaining-Credits header")
     max_body_bytes: int = Field(1 << 20, ge=1, description="largest request body accepted (413 above)")
+    max_text_chars: int = Field(20000, ge=1, description="longest text one request may have (413 above)")
     max_in_flight: int = Field(256, ge=1, description="requests generating or queued before new ones get 429")
     max_jobs: int = Field(1000, ge=1, description="v2 jobs kept in memory (queued, running and finished)")
     job_ttl_s: float = Field(3600.0, gt=0, description="seconds a finished v2 result is kept")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log verbosity")
+    log_format: Literal["text", "json"] = Field("text", description="log lines as text, or as one JSON object each")
+    shutdown_grace_s: float = Field(
+        30.0, ge=0, description="on SIGTERM or SIGINT, seconds the requests in flight get to finish (a second signal stops at once)")
 
     def engine_config(self) -> EngineConfig:
         return EngineConfig(

@@ -14,7 +14,7 @@ from orpheus_local.checkpoint import CheckpointError
 from orpheus_local.params import SynthesisParams
 from orpheus_local.synth import Synthesizer
 
-from .errors import not_ready
+from .errors import not_ready, shutting_down
 from .generation import Admission
 from .jobs import JobStore
 from .metrics import Metrics
@@ -38,14 +38,18 @@ class ServerState:
         self.synth: Synthesizer | None = None
         self.owns_synth = False
         self.ready = False
+        self.draining = False  # stopping: requests in flight finish, new ones get 503
         self.load_error: str | None = None
         self.metrics.watch(
             in_flight=lambda: self.admission.count,
             queued=lambda: self.synth.stats()["queued"] if self.synth else 0,
+            running=lambda: self.synth.stats()["running"] if self.synth else 0,
         )
 
     def synthesizer(self) -> Synthesizer:
-        """The synthesizer, or 503 while it loads (or after loading failed)."""
+        """The synthesizer, or 503 while it loads (or after loading failed) and while the server stops."""
+        if self.draining:
+            raise shutting_down()
         if not self.ready:
             raise not_ready()
         return self.synth
@@ -78,6 +82,7 @@ class ServerState:
         await self.jobs.close()
         if self.owns_synth and self.synth is not None:
             await asyncio.to_thread(self.synth.close)
+            log.info("engine closed")
 
 
 def server_state(request: Request) -> ServerState:

@@ -65,5 +65,6 @@ def test_fetch_weights_recognises_a_directory_already_present(demo_dirs, tmp_pat
     def no_download(*a, **k):
         raise AssertionError("must not download")
 
-    monkeypatch.setattr(ck, "_snapshot", no_download)
+    monkeypatch.setattr(ck, "_download", no_download)
+    monkeypatch.setattr(ck, "_hub_files", no_download)
     assert ck.fetch_weights(dest) == (dest / ck.MODEL_SUBDIR, dest / ck.SNAC_SUBDIR)

@@ -151,7 +151,8 @@ class ReferenceBackend:
         self._thread = threading.Thread(target=self._run, name="orpheus-reference", daemon=True)
         self._thread.start()
 
-    def submit(self, prompt_ids: list[int], params: SynthesisParams, request_id: str, *, ignore_eos: bool = False):
+    def submit(self, prompt_ids: list[int], params: SynthesisParams, request_id: str, *, ignore_eos: bool = False,
+               max_tokens: int = 0):
         import queue
 
         from ..errors import QueueFullError
@@ -159,7 +160,7 @@ class ReferenceBackend:
 
         stream = TokenStream(request_id)
         try:
-            self._queue.put_nowait((stream, prompt_ids, params, ignore_eos))
+            self._queue.put_nowait((stream, prompt_ids, params, ignore_eos, max_tokens))
         except queue.Full:
             raise QueueFullError(f"{self._queue.maxsize} requests are already waiting") from None
         return stream
@@ -173,14 +174,14 @@ class ReferenceBackend:
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
-            stream, prompt_ids, params, ignore_eos = item
+            stream, prompt_ids, params, ignore_eos, max_tokens = item
             if stream.cancelled.is_set():
                 stream.finish()
                 continue
             self._running = 1
             try:
                 self.generator.generate(
-                    prompt_ids, params, ignore_eos=ignore_eos,
+                    prompt_ids, params, ignore_eos=ignore_eos, max_tokens=max_tokens,
                     streamer=_StreamerToTokenStream(stream), cancelled=stream.cancelled,
                 )
                 stream.finish()

@@ -33,7 +33,7 @@ _AUDIO = {fmt.content_type: {} for fmt in FORMATS.values()}
 async def speech(request: Request, state: State) -> Response:
     synth = state.synthesizer()
     body = parse(SpeechRequest, await read_fields(request, state.settings.max_body_bytes))
-    params = body.synthesis_params()
+    params = body.synthesis_params(state.settings.max_text_chars)
     request_id = uuid.uuid4().hex
     encoder = StreamEncoder(body.response_format, speed=body.speed)
     audio = encoded(state.admission, pcm_chunks(synth, params, request_id, state.metrics), encoder)

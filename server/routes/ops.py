@@ -17,11 +17,15 @@ async def health() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/ready", summary="the model is loaded and warmed up", responses={503: {"description": "not ready yet"}})
+@router.get("/ready", summary="the model is loaded and warmed up, and the server is not stopping",
+            responses={503: {"description": "not ready yet, or stopping"}})
 async def ready(state: State) -> JSONResponse:
-    if state.ready:
+    if state.draining:
+        body = {"status": "draining"}
+    elif state.ready:
         return JSONResponse({"status": "ready"})
-    body = {"status": "failed", "error": state.load_error} if state.load_error else {"status": "loading"}
+    else:
+        body = {"status": "failed", "error": state.load_error} if state.load_error else {"status": "loading"}
     return JSONResponse(body, status_code=503, headers={"Retry-After": str(RETRY_AFTER_LOADING_S)})
 
 

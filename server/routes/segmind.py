@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse, Response
 
 from orpheus_local.audio import StreamEncoder, encode_audio
 
+from ..auth import CLIENT_KEY
 from ..body import JSON, MULTIPART, read_fields
 from ..errors import SERVED_MODEL, ApiError
 from ..generation import collect, encoded, pcm_chunks
@@ -33,27 +34,29 @@ async def _read(request: Request, state: State) -> SegmindRequest:
 async def synthesize(request: Request, state: State) -> Response:
     synth = state.synthesizer()
     body = await _read(request, state)
-    params = body.synthesis_params()
+    params = body.synthesis_params(state.settings.max_text_chars)
     request_id = uuid.uuid4().hex
     started = time.perf_counter()
     chunks = pcm_chunks(synth, params, request_id, state.metrics)
     headers = {"X-Remaining-Credits": str(state.settings.remaining_credits), "X-Request-Id": request_id}
     if body.stream:
         # The generation time is unknown when the headers leave, so a stream goes without it.
-        encoder = StreamEncoder("wav")
+        encoder = StreamEncoder("wav", speed=body.speed)
         return await start_stream(encoded(state.admission, chunks, encoder), encoder.content_type, headers)
     with state.admission.hold():
         pcm = await unless_disconnected(request, collect(chunks))
     headers["X-Generation-Time"] = f"{time.perf_counter() - started:.3f}"
-    return Response(encode_audio(pcm, "wav"), media_type="audio/wav", headers=headers)
+    return Response(encode_audio(pcm, "wav", speed=body.speed), media_type="audio/wav", headers=headers)
 
 
 @router.post(f"/v2/{SERVED_MODEL}", summary="submit a job; poll its status_url, then fetch its response_url",
              openapi_extra=_BODY)
 async def submit(request: Request, state: State) -> dict:
     synth = state.synthesizer()
-    params = (await _read(request, state)).synthesis_params()
-    job = state.jobs.submit(lambda job_id: pcm_chunks(synth, params, job_id, state.metrics))
+    body = await _read(request, state)
+    params = body.synthesis_params(state.settings.max_text_chars)
+    job = state.jobs.submit(lambda job_id: pcm_chunks(synth, params, job_id, state.metrics), speed=body.speed,
+                            owner=_client(request))
     status_url = str(request.url_for("job_status", request_id=job.id))
     return {
         "request_id": job.id,
@@ -64,8 +67,13 @@ async def submit(request: Request, state: State) -> dict:
     }
 
 
-def _job(state: State, request_id: str) -> Job:
-    job = state.jobs.get(request_id)
+def _client(request: Request) -> int | None:
+    """The API key the request presented (its index); None on an open server."""
+    return getattr(request.state, CLIENT_KEY, None)
+
+
+def _job(state: State, request_id: str, request: Request) -> Job:
+    job = state.jobs.get(request_id, owner=_client(request))
     if job is None:
         hours = state.settings.job_ttl_s / 3600
         raise ApiError(404, f"request {request_id} not found (results are kept {hours:g} h)", code="not_found")
@@ -79,7 +87,7 @@ def _failed(job: Job, body: dict) -> JSONResponse:
 
 @router.get("/v2/requests/{request_id}/status", name="job_status", summary="a job's status")
 async def job_status(request_id: str, request: Request, state: State):
-    job = _job(state, request_id)
+    job = _job(state, request_id, request)
     body = {
         "request_id": job.id,
         "status": job.status,
@@ -93,7 +101,7 @@ async def job_status(request_id: str, request: Request, state: State):
 @router.get("/v2/requests/{request_id}", name="job_result", summary="a job's result: output is the audio's URL")
 @router.get("/v1/requests/{request_id}", name="job_result_v1", summary="a job's result (older poll path)")
 async def job_result(request_id: str, request: Request, state: State):
-    job = _job(state, request_id)
+    job = _job(state, request_id, request)
     body = {"request_id": job.id, "status": job.status, "metrics": job.metrics(state.jobs.clock())}
     if job.status == FAILED:
         return _failed(job, body)
@@ -104,8 +112,8 @@ async def job_result(request_id: str, request: Request, state: State):
 
 @router.get("/v2/requests/{request_id}/output.wav", name="job_output", summary="a completed job's audio",
             response_class=Response, responses=_WAV)
-async def job_output(request_id: str, state: State) -> Response:
-    job = _job(state, request_id)
+async def job_output(request_id: str, request: Request, state: State) -> Response:
+    job = _job(state, request_id, request)
     if job.status != COMPLETED:
         raise ApiError(404, f"request {request_id} has no audio: it is {job.status}", code="not_found")
     return Response(job.audio, media_type="audio/wav")

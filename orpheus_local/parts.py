@@ -1,0 +1,171 @@
+"""The parts of one request: generated a window at a time, guarded, streamed in order, crossfaded.
+
+Parts of a request run through the engine together (they batch like separate requests). The part
+being listened to streams as it is generated; the parts after it generate meanwhile and wait in
+memory for their turn. At most WINDOW parts are generating or waiting at once, so one long request
+neither floods the engine's queue nor holds more than a few parts' audio.
+
+A guard that fires on a part nobody has heard yet generates the part again, once, with a new seed:
+a part waiting its turn can always be redone, as can the part being listened to before its first
+chunk is out. Audio already sent cannot be taken back, so a guard firing on a part being heard
+ends that part there (a budget runaway is cut at the budget), and so does a guard firing on the
+second attempt. First-audio latency is that of one generation, as without guards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from contextlib import aclosing
+from typing import TYPE_CHECKING, AsyncIterator, Callable
+
+import numpy as np
+
+from . import format as fmt
+from .crossfade import Crossfade
+from .guards import GuardLimits, RepeatWatch, Runaway, SilenceWatch, token_budget
+from .params import SynthesisParams
+
+if TYPE_CHECKING:
+    from .synth import Synthesizer
+
+log = logging.getLogger(__name__)
+
+WINDOW = 4
+ATTEMPTS = 2  # a part that runs away is generated once more, then taken as it comes
+_END = object()
+
+# Called with (guard, action) each time a guard fires; action is "regenerate" or "truncate".
+GuardListener = Callable[[str, str], None]
+
+
+def part_seed(seed: int | None, index: int, attempt: int) -> int | None:
+    """The request's own seed for its first part's first attempt, seeds derived from it for the
+    others (a seeded request stays reproducible); no seed stays no seed (fresh random ones)."""
+    if seed is None or index == attempt == 0:
+        return seed
+    digest = hashlib.blake2b(f"{seed}/{index}/{attempt}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1  # 0 .. 2**63 - 1
+
+
+class Part:
+    """One part's generation, started by start(); its PCM chunks wait in a queue until chunks()."""
+
+    def __init__(self, synth: "Synthesizer", params: SynthesisParams, request_id: str, index: int, *,
+                 limits: GuardLimits | None, ignore_eos: bool = False, on_guard: GuardListener | None = None):
+        self.synth = synth
+        self.params = params
+        self.request_id = request_id
+        self.index = index
+        self.limits = limits  # None: no guards
+        self.ignore_eos = ignore_eos
+        self.on_guard = on_guard
+        self._queue: asyncio.Queue = asyncio.Queue()  # PCM chunks, then _END or the error
+        self._heard = False  # a chunk has been handed out: the part can no longer be redone
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"part-{self.request_id}-{self.index}")
+
+    async def chunks(self) -> AsyncIterator[np.ndarray]:
+        while (item := await self._queue.get()) is not _END:
+            if isinstance(item, BaseException):
+                raise item
+            self._heard = True
+            yield item
+
+    async def stop(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        try:
+            for attempt in range(ATTEMPTS):
+                runaway = await self._attempt(attempt)
+                if runaway is None:
+                    break
+                again = attempt + 1 < ATTEMPTS and not self._heard
+                self._report(runaway, "regenerate" if again else "truncate")
+                if not again:
+                    break
+                while not self._queue.empty():  # nobody heard this attempt: drop it
+                    self._queue.get_nowait()
+        except Exception as exc:  # the listener raises it when it reaches this part
+            self._queue.put_nowait(exc)
+        else:
+            self._queue.put_nowait(_END)
+
+    async def _attempt(self, attempt: int) -> Runaway | None:
+        """Generate and decode the part once, queueing its chunks; the guard that fired, if one did."""
+        params = self.params.replace(seed=part_seed(self.params.seed, self.index, attempt))
+        engine_id = self.request_id if self.index == attempt == 0 else f"{self.request_id}-{self.index}.{attempt}"
+        audio = self.synth.codec_worker.open()
+        feeder = asyncio.create_task(self._feed(audio, params, engine_id))
+        silence = SilenceWatch(self.limits) if self.limits else None
+        try:
+            async for pcm in audio:
+                if silence and (runaway := silence.push(pcm)):
+                    return runaway
+                self._queue.put_nowait(pcm)
+            return await feeder
+        finally:
+            audio.close()
+            if not feeder.done():
+                feeder.cancel()  # the listener left, or the silence guard fired: stop generating
+            await asyncio.gather(feeder, return_exceptions=True)
+
+    async def _feed(self, audio, params: SynthesisParams, engine_id: str) -> Runaway | None:
+        """Generated ids -> whole frames -> the part's decoder; stops early when the repeat guard fires."""
+        budget = token_budget(params.text, params.max_new_tokens, self.limits) if self.limits else None
+        repeats = RepeatWatch(self.limits) if self.limits else None
+        pending: list[int] = []
+        generated = 0
+        runaway = None
+        try:
+            ids_stream = self.synth.stream_ids(params, engine_id, ignore_eos=self.ignore_eos, max_tokens=budget or 0)
+            async with aclosing(ids_stream):  # leaving the loop early cancels the engine request now
+                async for ids in ids_stream:
+                    generated += len(ids)
+                    pending.extend(ids)
+                    whole = len(pending) // fmt.FRAME_TOKENS * fmt.FRAME_TOKENS
+                    if whole:
+                        frames = fmt.ids_to_frames(pending[:whole])
+                        del pending[:whole]
+                        audio.push(frames)
+                        if repeats and (runaway := repeats.push(frames)):
+                            break
+        except BaseException as exc:
+            audio.error = exc
+            audio.close()
+            raise
+        audio.finish()  # an incomplete last frame (cut by max_new_tokens) is dropped
+        if budget and generated >= budget and runaway is None:  # the engine stopped it at the budget
+            runaway = Runaway("budget", f"no end_of_speech within {budget} tokens")
+        return runaway
+
+    def _report(self, runaway: Runaway, action: str) -> None:
+        then = "generating it again with a new seed" if action == "regenerate" else "ending it there"
+        log.warning("request %s, part %d: %s; %s", self.request_id, self.index, runaway, then)
+        if self.on_guard is not None:
+            self.on_guard(runaway.guard, action)
+
+
+async def join_parts(parts: list[Part], overlap: int, window: int = WINDOW) -> AsyncIterator[np.ndarray]:
+    """The parts' audio in order, crossfaded, starting each part `window` parts ahead of the listener."""
+    joiner = Crossfade(overlap)
+    try:
+        for part in parts[:window]:
+            part.start()
+        for i, part in enumerate(parts):
+            joiner.start_part(last=i == len(parts) - 1)
+            async for pcm in part.chunks():
+                if (out := joiner.push(pcm)).size:
+                    yield out
+            if (out := joiner.end_part()).size:
+                yield out
+            if i + window < len(parts):
+                parts[i + window].start()
+    finally:
+        await asyncio.gather(*(part.stop() for part in parts))

@@ -1,0 +1,89 @@
+"""The text of a request: emotive tags, and splitting long text into parts that one generation can speak.
+
+One Orpheus generation drifts on long inputs and is capped by max_new_tokens (1200 tokens is about
+14.6 s), so long text is split at sentence boundaries (pysbd's rule-based segmenter: abbreviations,
+decimals and quotes do not end a sentence) and the sentences are packed into parts of at most
+MAX_PART_CHARS. A sentence longer than that is cut at a clause mark or a space. No cut ever falls
+inside a tag.
+"""
+
+from __future__ import annotations
+
+import re
+from bisect import bisect_left, bisect_right
+
+# The emotive tags the fine-tuned model was trained with; any other tag is read aloud as words.
+SUPPORTED_TAGS = ("laugh", "chuckle", "sigh", "cough", "sniffle", "groan", "yawn", "gasp")
+# Anything in angle brackets without spaces: also catches the tokenizer's special tokens
+# (<|eot_id|>, <custom_token_N>), which would otherwise break the prompt.
+TAG = re.compile(r"<([^<>\s]+)>")
+
+# Orpheus speaks about 15 characters a second: 200 characters take about 13 s, inside the
+# default max_new_tokens (1200 tokens, 14.6 s).
+MAX_PART_CHARS = 200
+_CLAUSE_END = re.compile(r"[,;:\u2013\u2014)](?=\s)")  # , ; : en dash, em dash, closing parenthesis
+_SPACE = re.compile(r"\s")
+
+
+def check_tags(text: str) -> None:
+    """ValueError naming the first tag the model does not know."""
+    for match in TAG.finditer(text):
+        if match.group(1) not in SUPPORTED_TAGS:
+            known = " ".join(f"<{tag}>" for tag in SUPPORTED_TAGS)
+            raise ValueError(f"text: unsupported tag {match.group(0)}; the supported tags are {known}")
+
+
+def split_text(text: str, max_chars: int = MAX_PART_CHARS) -> list[str]:
+    """Parts of at most max_chars, in order; a text that fits is returned whole and unchanged.
+
+    Parts are whole sentences where a sentence fits, with surrounding whitespace removed; the parts
+    joined by spaces say exactly what the text says.
+    """
+    if len(text) <= max_chars:
+        return [text]
+    tags = [m.span() for m in TAG.finditer(text)]
+    starts = [0, *(s for s in _sentence_starts(text) if not _inside(tags, s)), len(text)]
+    parts, begin = [], 0
+    while begin < len(text):
+        last_fitting = starts[bisect_right(starts, begin + max_chars) - 1]
+        end = last_fitting if last_fitting > begin else _cut(text, begin, max_chars, tags)
+        if part := text[begin:end].strip():
+            parts.append(part)
+        begin = end
+    return parts
+
+
+def _sentence_starts(text: str) -> list[int]:
+    """Offsets where pysbd's sentences begin (after their leading whitespace)."""
+    import pysbd  # loaded on the first long text only
+
+    starts, pos = [], 0
+    for sentence in pysbd.Segmenter(language="en", clean=False).segment(text):
+        found = text.find(sentence.strip(), pos)
+        if found < 0 or not sentence.strip():  # the segmenter changed the text: keep the rest whole
+            continue
+        starts.append(found)
+        pos = found + len(sentence.strip())
+    return starts
+
+
+def _cut(text: str, begin: int, max_chars: int, tags: list[tuple[int, int]]) -> int:
+    """Where to end a part inside a sentence too long for one: the last clause mark in the second
+    half of the allowed length, else the last space, else max_chars (moved out of a tag)."""
+    limit = begin + max_chars
+    window = text[begin:limit]
+    for pattern, earliest in ((_CLAUSE_END, max_chars // 2), (_SPACE, 1)):
+        ends = [m.end() for m in pattern.finditer(window) if m.end() >= earliest]
+        ends = [begin + e for e in ends if not _inside(tags, begin + e)]
+        if ends:
+            return ends[-1]
+    for a, b in tags:
+        if a < limit < b:
+            return a if a > begin else b
+    return limit
+
+
+def _inside(tags: list[tuple[int, int]], pos: int) -> bool:
+    """Is pos strictly inside one of the tags (sorted, not overlapping)?"""
+    before = bisect_left(tags, (pos,)) - 1  # the last tag starting before pos
+    return before >= 0 and pos < tags[before][1]

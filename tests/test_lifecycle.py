@@ -1,0 +1,283 @@
+"""Start and stop: /ready waits for the warm-up; a stop drains the requests in flight, refuses new ones
+with 503 and exits 0; a second signal exits at once. In-process with a stand-in synthesizer, and as
+real `orpheus-local serve --demo` processes."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import wave
+from contextlib import asynccontextmanager
+
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+
+from server.app import build_app
+from server.lifecycle import GracefulServer
+from server.settings import ServerSettings
+
+V1 = "/v1/orpheus-3b-0.1"
+FRAME_SAMPLES = 2048
+WAV_HEADER_BYTES = 44
+# One sentence (one part), long enough for the guards to let a generation run its max_new_tokens.
+SENTENCE = "The quick brown fox jumps over the lazy dog and then it runs far away into the quiet woods."
+
+
+class HeldSynth:
+    """Stands in for the Synthesizer: warm-up and each generation's second chunk wait for the test."""
+
+    def __init__(self, warmed_up: bool = True):
+        self.warm_up_done = asyncio.Event()
+        self.release = asyncio.Event()
+        self.stream_closed = asyncio.Event()
+        self.closed = False
+        if warmed_up:
+            self.warm_up_done.set()
+
+    async def synthesize(self, params, request_id=None):
+        await self.warm_up_done.wait()
+        return np.zeros(FRAME_SAMPLES, np.float32)
+
+    async def stream(self, params, request_id=None, **options):
+        try:
+            yield np.full(FRAME_SAMPLES, 0.1, np.float32)
+            await self.release.wait()
+            yield np.full(FRAME_SAMPLES, 0.1, np.float32)
+        finally:
+            self.stream_closed.set()
+
+    def stats(self) -> dict:
+        return {"queued": 0, "running": 0}
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def wait_ready(client: httpx.AsyncClient, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if (await client.get("/ready")).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "the server never became ready"
+        await asyncio.sleep(0.05)
+
+
+def wav_samples(data: bytes) -> int:
+    """Checks a streamed 24 kHz mono 16-bit WAV (its length fields say "unknown"); returns its sample count."""
+    assert data[:4] == b"RIFF" and data[8:12] == b"WAVE"
+    with wave.open(io.BytesIO(data)) as w:
+        assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (24000, 1, 2)
+    audio_bytes = len(data) - WAV_HEADER_BYTES
+    assert audio_bytes > 0 and audio_bytes % 2 == 0
+    return audio_bytes // 2
+
+
+# --- in process ------------------------------------------------------------------------------
+
+
+async def test_ready_is_503_until_the_warm_up_ends():
+    synth = HeldSynth(warmed_up=False)
+    app = build_app(synth, ServerSettings(warmup=True))
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+            for _ in range(5):
+                early = await client.get("/ready")
+                assert early.status_code == 503 and early.json() == {"status": "loading"}
+                await asyncio.sleep(0.02)
+            synth.warm_up_done.set()
+            await wait_ready(client)
+
+
+async def test_one_log_line_per_request_and_per_job(caplog):
+    synth = HeldSynth()
+    synth.release.set()
+    app = build_app(synth, ServerSettings(warmup=False))
+    caplog.set_level(logging.DEBUG, logger="server.requests")
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+            await wait_ready(client)
+            answered = await client.post(V1, json={"text": "Hello."})
+            job_id = (await client.post("/v2/orpheus-3b-0.1", json={"text": "Hello."})).json()["request_id"]
+            while (await client.get(f"/v2/requests/{job_id}/status")).json()["status"] != "COMPLETED":
+                await asyncio.sleep(0.01)
+            await client.get("/no/such/path")
+    lines = [(r.levelno, r.fields) for r in caplog.records if r.name == "server.requests"]
+
+    def line(**match) -> tuple[int, dict]:
+        return next((level, f) for level, f in lines if match.items() <= f.items())
+
+    level, served = line(route=V1, method="POST")
+    assert level == logging.INFO and served["status"] == 200
+    assert served["request_id"] == answered.headers["x-request-id"]
+    assert served["audio_s"] == round(2 * FRAME_SAMPLES / 24000, 3) and served["ttfa_s"] >= 0 and served["rtfx"] > 0
+    assert served["duration_s"] >= served["ttfa_s"]
+    assert line(route="/v2/orpheus-3b-0.1")[1]["status"] == 200
+    assert line(route="job", request_id=job_id)[1]["status"] == 200  # the job's own line, when it ended
+    assert line(route="/v2/requests/{request_id}/status")[1]["status"] == 200
+    assert line(route="/no/such/path")[1]["status"] == 404
+    assert line(route="/ready")[0] == logging.DEBUG  # probes stay out of the info log
+
+
+@asynccontextmanager
+async def graceful_server(grace_s: float):
+    """A GracefulServer over a HeldSynth on a free port, once ready: (server, synth, client, serving task)."""
+    synth = HeldSynth()
+    # A function as the source: the app then owns the synthesizer and closes it at shutdown.
+    app = build_app(lambda: synth, ServerSettings(warmup=False))
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
+    server = GracefulServer(config, app.state.server, grace_s)
+    serving = asyncio.create_task(server.serve())
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            await wait_ready(client)
+            yield server, synth, client, serving
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(serving, 10)
+
+
+async def test_a_stop_refuses_new_requests_and_finishes_those_in_flight():
+    async with graceful_server(grace_s=30) as (server, synth, client, serving):
+        async with client.stream("POST", V1, json={"text": "Hello.", "stream": True}) as in_flight:
+            assert in_flight.status_code == 200  # the first audio has left: the request is generating
+            server.handle_exit(signal.SIGTERM, None)
+
+            refused = await client.post(V1, json={"text": "Hello."})
+            speech = await client.post("/v1/audio/speech", json={"input": "Hello."})
+            ready = await client.get("/ready")
+            health = await client.get("/health")
+            assert not serving.done(), "the server stopped with a request in flight"
+
+            synth.release.set()
+            body = await in_flight.aread()
+        await asyncio.wait_for(serving, 10)
+    assert wav_samples(body) == 2 * FRAME_SAMPLES  # both chunks: the request ran to its end
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "5"
+    assert refused.json() == {"error": "the server is shutting down; retry shortly"}
+    assert speech.status_code == 503 and speech.json()["error"]["code"] == "shutting_down"
+    assert ready.status_code == 503 and ready.json() == {"status": "draining"}
+    assert health.status_code == 200
+    assert synth.closed
+
+
+async def test_when_the_grace_period_is_over_what_is_left_is_cancelled():
+    async with graceful_server(grace_s=0.3) as (server, synth, client, serving):
+        started = time.monotonic()
+        with pytest.raises(httpx.RemoteProtocolError):  # closed before the body is complete
+            async with client.stream("POST", V1, json={"text": "Hello.", "stream": True}) as in_flight:
+                server.handle_exit(signal.SIGTERM, None)
+                await in_flight.aread()
+        await asyncio.wait_for(serving, 10)
+    assert time.monotonic() - started < 3
+    assert synth.stream_closed.is_set() and synth.closed
+
+
+# --- real processes ----------------------------------------------------------------------------
+
+
+def start_demo_server(demo_dirs, port: int, *flags: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "orpheus_local", "serve", "--demo", "--demo-dir", str(demo_dirs[0].parent),
+               "--device", "cpu", "--port", str(port), *flags]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def wait_until_ready(process: subprocess.Popen, client: httpx.Client, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        assert process.poll() is None, f"the server exited early:\n{process.communicate()[0]}"
+        assert time.monotonic() < deadline, "the server never became ready"
+        try:
+            ready = client.get("/ready")
+            if ready.status_code == 200:
+                return
+            assert ready.json() == {"status": "loading"}  # 503 until loaded and warmed up
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+
+
+def json_lines(output: str) -> list[dict]:
+    return [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+
+
+def test_sigterm_during_a_request_finishes_it_then_exits_0(demo_dirs):
+    port = free_port()
+    process = start_demo_server(demo_dirs, port, "--log-format", "json", "--shutdown-grace-s", "60")
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            wait_until_ready(process, client)
+            # about 3 s of generating on a CPU: still in flight when the signal comes
+            payload = {"text": SENTENCE, "voice": "tara", "max_new_tokens": 300, "seed": 1, "stream": True}
+            with client.stream("POST", V1, json=payload) as in_flight:
+                chunks = in_flight.iter_raw()
+                body = next(chunks)  # generating
+                process.send_signal(signal.SIGTERM)
+                with httpx.Client(base_url=client.base_url, timeout=10) as other:
+                    refused = other.post(V1, json={"text": "Hello."})
+                    ready = other.get("/ready")
+                body += b"".join(chunks)
+                request_id = in_flight.headers["x-request-id"]
+        output, _ = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, output
+    assert wav_samples(body) > FRAME_SAMPLES
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "5"
+    assert refused.json() == {"error": "the server is shutting down; retry shortly"}
+    assert ready.status_code == 503 and ready.json() == {"status": "draining"}
+
+    lines = json_lines(output)
+    messages = [line["message"] for line in lines]
+    assert "settings" in messages and "engine closed" in messages
+    assert any(m.startswith("stopping: 1 requests in flight") for m in messages)
+    assert messages.index("ready to serve") > messages.index(next(m for m in messages if m.startswith("warmed up")))
+    served = next(line for line in lines if line.get("request_id") == request_id)
+    assert (served["method"], served["route"], served["status"]) == ("POST", V1, 200)
+    assert served["ttfa_s"] > 0 and served["rtfx"] > 0
+    assert served["audio_s"] == pytest.approx(wav_samples(body) / 24000, abs=1e-3)
+    assert any(line.get("route") == V1 and line.get("status") == 503 for line in lines)
+
+
+def test_a_second_signal_exits_at_once(demo_dirs):
+    port = free_port()
+    process = start_demo_server(demo_dirs, port, "--no-warmup", "--shutdown-grace-s", "60")
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            wait_until_ready(process, client)
+            payload = {"text": SENTENCE, "voice": "tara", "max_new_tokens": 1000, "seed": 1, "stream": True}
+            with client.stream("POST", V1, json=payload) as in_flight:
+                next(in_flight.iter_raw())
+                process.send_signal(signal.SIGTERM)
+                time.sleep(0.3)
+                assert process.poll() is None  # draining: the request is still generating
+                process.send_signal(signal.SIGTERM)
+                process.wait(timeout=5)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        output, _ = process.communicate()
+    assert process.returncode == 128 + signal.SIGTERM, output
+    assert "SIGTERM again: exiting now" in output

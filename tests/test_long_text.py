@@ -1,0 +1,385 @@
+"""Long text, speed and guards: parts generated concurrently and joined in order with a crossfade,
+guards that regenerate or end a runaway part, speed on both APIs, and the length and tag errors."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import random
+import wave
+from contextlib import asynccontextmanager
+
+import httpx
+import numpy as np
+import pytest
+
+from orpheus_local import format as fmt
+from orpheus_local.codec import Window
+from orpheus_local.crossfade import CROSSFADE_SAMPLES, Crossfade, equal_power_mix
+from orpheus_local.engine.stream import TokenStream
+from orpheus_local.guards import GuardLimits, RepeatWatch, SilenceWatch, token_budget
+from orpheus_local.params import SynthesisParams
+from orpheus_local.parts import WINDOW, part_seed
+from orpheus_local.synth import LoadedModel, Synthesizer
+from orpheus_local.text import split_text
+from server.app import build_app
+from server.settings import ServerSettings
+
+FRAME = fmt.SAMPLES_PER_FRAME
+V1, V2, SPEECH = "/v1/orpheus-3b-0.1", "/v2/orpheus-3b-0.1", "/v1/audio/speech"
+SENTENCES = ("The quick brown fox jumps over the lazy dog. <laugh> Pack my box with five dozen liquor jugs! "
+             "How vexingly quick daft zebras jump? ")
+
+
+def joined(parts: list[np.ndarray], overlap: int = CROSSFADE_SAMPLES) -> np.ndarray:
+    """The join crossfade.py promises, written out whole."""
+    out = parts[0]
+    for b in parts[1:]:
+        n = min(overlap, len(out), len(b))
+        out = np.concatenate([out[:len(out) - n], equal_power_mix(out[len(out) - n:], b[:n]), b[n:]])
+    return out
+
+
+def stream_join(parts: list[np.ndarray], rng: random.Random, overlap: int = CROSSFADE_SAMPLES) -> np.ndarray:
+    joiner, out = Crossfade(overlap), []
+    for i, part in enumerate(parts):
+        joiner.start_part(last=i == len(parts) - 1)
+        cuts = sorted(rng.randint(0, len(part)) for _ in range(rng.randint(0, 4)))
+        for chunk in np.split(part, cuts):
+            out.append(joiner.push(chunk))
+        out.append(joiner.end_part())
+    return np.concatenate(out)
+
+
+# --- crossfade -------------------------------------------------------------------------------
+
+
+def test_crossfade_streamed_in_any_chunks_is_the_join_and_its_length_is_exact():
+    rng = random.Random(1)
+    for _ in range(50):
+        lengths = [rng.choice([0, 100, 719, 720, 2048, 4096, 7 * 2048]) for _ in range(rng.randint(1, 6))]
+        parts = [np.random.default_rng(len(lengths) + i).uniform(-1, 1, n).astype(np.float32)
+                 for i, n in enumerate(lengths)]
+        out = stream_join(parts, rng)
+        np.testing.assert_allclose(out, joined(parts), atol=1e-6)
+    frames = [np.ones(3 * FRAME, np.float32) for _ in range(5)]
+    assert len(stream_join(frames, rng)) == 5 * 3 * FRAME - 4 * CROSSFADE_SAMPLES
+
+
+def test_a_single_part_passes_through_untouched():
+    joiner = Crossfade()
+    joiner.start_part(last=True)
+    chunk = np.linspace(-1, 1, FRAME, dtype=np.float32)
+    assert all(np.array_equal(joiner.push(chunk), chunk) for _ in range(3))
+    assert joiner.end_part().size == 0
+
+
+def test_the_fade_keeps_the_power_of_a_steady_signal():
+    t = np.arange(CROSSFADE_SAMPLES) + 0.5
+    out_gain, in_gain = np.cos(t * np.pi / 2 / CROSSFADE_SAMPLES), np.sin(t * np.pi / 2 / CROSSFADE_SAMPLES)
+    np.testing.assert_allclose(out_gain ** 2 + in_gain ** 2, 1, atol=1e-12)
+    mixed = equal_power_mix(np.ones(CROSSFADE_SAMPLES, np.float32), np.zeros(CROSSFADE_SAMPLES, np.float32))
+    assert mixed[0] > 0.99 and mixed[-1] < 0.01 and np.all(np.diff(mixed) < 0)  # a smooth fade, no step
+
+
+# --- guards ----------------------------------------------------------------------------------
+
+
+def test_token_budget_grows_with_the_text_and_yields_to_a_tighter_cap():
+    limits = GuardLimits()
+    short, longer = token_budget("Hi.", 2000, limits), token_budget("Hello there, how are you?", 2000, limits)
+    assert short % 7 == 0 and longer % 7 == 0 and 250 < short < longer < 2000
+    assert token_budget("Hi.", short, limits) is None  # the client's max_new_tokens binds first
+
+
+def frames_of(codes) -> np.ndarray:
+    return np.repeat(np.asarray(codes, np.int64)[:, None], 7, axis=1)
+
+
+@pytest.mark.parametrize("cycle", [[5], [5, 9], [1, 2, 3, 4]])
+def test_repeat_guard_fires_on_a_loop_of_frames(cycle):
+    watch = RepeatWatch(GuardLimits())
+    assert watch.push(frames_of(range(100, 140))) is None
+    loop = frames_of((cycle * 24)[:23])
+    assert watch.push(loop) is None
+    assert watch.push(frames_of([cycle[23 % len(cycle)]])).guard == "repeat"
+
+
+def test_repeat_guard_ignores_varied_frames():
+    watch = RepeatWatch(GuardLimits())
+    assert watch.push(np.random.default_rng(0).integers(0, 4096, (2000, 7))) is None
+
+
+def test_silence_guard_fires_after_a_long_quiet_stretch():
+    limits = GuardLimits()
+    watch = SilenceWatch(limits)
+    quiet = np.full((limits.silence_frames - 1) * FRAME, 0.001, np.float32)
+    assert watch.push(np.full(FRAME, 0.2, np.float32)) is None
+    assert watch.push(quiet) is None
+    assert watch.push(np.full(FRAME, 0.2, np.float32)) is None  # speech resets the count
+    assert watch.push(quiet) is None
+    assert watch.push(quiet[:FRAME]).guard == "silence"
+
+
+def test_part_seeds_are_derived_from_the_request_seed():
+    assert part_seed(42, 0, 0) == 42 and part_seed(None, 3, 1) is None
+    seeds = {part_seed(42, i, a) for i in range(10) for a in range(2)}
+    assert len(seeds) == 20 and all(0 <= s < 2**63 for s in seeds)
+    assert part_seed(42, 3, 1) == part_seed(42, 3, 1) != part_seed(43, 3, 1)
+
+
+# --- parts through the Synthesizer, on a scripted backend --------------------------------------
+
+
+class ScriptedBackend:
+    """Plays back, for each submitted part, frames of the codes script(params, call) gives; a script
+    longer than max_tokens is a part that never says end_of_speech."""
+
+    def __init__(self, script):
+        self.script = script
+        self.submitted: list[SynthesisParams] = []
+        self.running = self.most_running = 0
+        self.budgets: list[int] = []
+
+    def submit(self, prompt_ids, params, request_id, *, ignore_eos=False, max_tokens=0):
+        stream = TokenStream(request_id)
+        codes, delay = self.script(params, len(self.submitted))
+        self.submitted.append(params)
+        self.budgets.append(max_tokens)
+        asyncio.get_running_loop().create_task(self._play(stream, codes, delay, max_tokens or params.max_new_tokens))
+        return stream
+
+    async def _play(self, stream, codes, delay, limit):
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        try:
+            for code in codes[:limit // 7]:
+                if stream.cancelled.is_set():
+                    break
+                await asyncio.sleep(delay)
+                stream.put(fmt.frames_to_ids(frames_of([code])))
+        finally:
+            self.running -= 1
+            stream.finish()
+
+    def stats(self):
+        return {"queued": 0, "running": self.running}
+
+    def close(self):
+        pass
+
+
+class LevelCodec:
+    """A stand-in for SNAC: each frame decodes to 2048 samples at the level code / 4096."""
+
+    def decode_windows(self, windows: list[Window]) -> list[np.ndarray]:
+        return [np.repeat(w.frames[w.left:w.left + w.count, 0] / 4096, FRAME).astype(np.float32) for w in windows]
+
+
+def level_pcm(codes) -> np.ndarray:
+    return np.repeat(np.asarray(codes) / 4096, FRAME).astype(np.float32)
+
+
+def tokenize(text):
+    return {"input_ids": [fmt.BEGIN_OF_TEXT, *text.encode()[:8]]}
+
+
+@asynccontextmanager
+async def scripted(script, limits: GuardLimits | None = None):
+    backend = ScriptedBackend(script)
+    synth = Synthesizer(tokenize, backend, LevelCodec(), LoadedModel("scripted", "level", "cpu", "float32", True))
+    if limits is not None:
+        synth.guard_limits = limits
+    try:
+        yield synth, backend
+    finally:
+        synth.close()
+
+
+def part_codes(index: int, frames: int) -> list[int]:
+    """Distinct, varied levels for each part (period 7: no repeat guard)."""
+    return [200 + 100 * (index % 30) + k % 7 for k in range(frames)]
+
+
+async def test_a_5000_character_text_plays_its_parts_in_order_minus_the_crossfades():
+    text = (SENTENCES * 40)[:5000]
+    texts = split_text(text)
+    lengths = [3 + i % 4 for i in range(len(texts))]
+    rng = random.Random(2)
+
+    def script(params, call):  # parts are submitted in order; a random pace: later ones often finish first
+        return part_codes(call, lengths[call]), rng.uniform(0, 0.004)
+
+    events = []
+    async with scripted(script) as (synth, backend):
+        params = SynthesisParams(text=text, voice="tara", max_new_tokens=100, seed=9)
+        pcm = await synth.synthesize(params, on_guard=lambda *event: events.append(event))
+    assert [p.text for p in backend.submitted] == texts and len(texts) >= 25  # submitted in order
+    assert [p.seed for p in backend.submitted] == [part_seed(9, i, 0) for i in range(len(texts))]
+    assert 1 < backend.most_running <= WINDOW
+    parts = [level_pcm(part_codes(i, n)) for i, n in enumerate(lengths)]
+    assert len(pcm) == sum(map(len, parts)) - (len(parts) - 1) * CROSSFADE_SAMPLES
+    np.testing.assert_allclose(pcm, joined(parts), atol=1e-6)  # every part, in order
+    assert not events
+
+
+# Two parts: a first one slow to generate, so the second is done (and unheard) long before its turn.
+FIRST = "The first part goes on " + "and on " * 23 + "until it ends."
+RUNAWAY = "Second part. <sigh>"
+FIRST_CODES = part_codes(0, 40)
+
+
+def two_parts(runaway_codes, retry_codes):
+    def script(params, call):
+        if params.text == FIRST:
+            return FIRST_CODES, 0.02
+        return (runaway_codes if call == 1 else retry_codes), 0.0
+    return script
+
+
+@pytest.mark.parametrize("guard, runaway_codes, limits", [
+    # a budget of 17 frames for the second part (the first part's 42 are more than it needs)
+    ("budget", part_codes(1, 500), GuardLimits(tokens_per_char=1, slack_tokens=100)),
+    ("repeat", [700] * 500, GuardLimits()),
+    ("silence", [k % 7 for k in range(500)], GuardLimits()),  # levels below 0.0015
+])
+async def test_a_runaway_part_not_yet_heard_is_generated_again_once(guard, runaway_codes, limits):
+    events = []
+    async with scripted(two_parts(runaway_codes, part_codes(2, 5)), limits) as (synth, backend):
+        params = SynthesisParams(text=f"{FIRST} {RUNAWAY}", max_new_tokens=300, seed=5)
+        pcm = await synth.synthesize(params, "req-1", on_guard=lambda *event: events.append(event))
+    assert [p.text for p in backend.submitted] == [FIRST, RUNAWAY, RUNAWAY]
+    assert backend.submitted[2].seed == part_seed(5, 1, 1) != backend.submitted[1].seed
+    assert events == [(guard, "regenerate")]
+    np.testing.assert_allclose(pcm, joined([level_pcm(FIRST_CODES), level_pcm(part_codes(2, 5))]), atol=1e-6)
+
+
+async def test_a_part_that_runs_away_again_is_ended_where_the_guard_fires(caplog):
+    caplog.set_level(logging.WARNING)
+    events = []
+    async with scripted(two_parts([700] * 500, [800] * 500)) as (synth, _):
+        params = SynthesisParams(text=f"{FIRST} {RUNAWAY}", max_new_tokens=1000)
+        pcm = await synth.synthesize(params, "req-2", on_guard=lambda *event: events.append(event))
+    assert events == [("repeat", "regenerate"), ("repeat", "truncate")]
+    repeats = GuardLimits().repeat_frames
+    np.testing.assert_allclose(pcm, joined([level_pcm(FIRST_CODES), level_pcm([800] * repeats)]), atol=1e-6)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"request req-2, part 1: repeat guard: a cycle of 1 frame(s) repeated for {repeats} frames; {then}"
+        for then in ("generating it again with a new seed", "ending it there")
+    ]
+
+
+# --- the demo model ----------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def serve(synth, **settings):
+    app = build_app(synth, ServerSettings(warmup=False, **settings))
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+            while (await client.get("/ready")).status_code != 200:
+                await asyncio.sleep(0.02)
+            yield client, app
+
+
+def wav_samples(data: bytes) -> int:
+    with wave.open(io.BytesIO(data)) as w:
+        assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (24000, 1, 2)
+        return w.getnframes()
+
+
+async def test_demo_model_joins_its_parts_with_the_crossfades(synthesizer):
+    text = f"{FIRST} And a second part."
+    assert len(split_text(text)) == 2
+    params = SynthesisParams(text=text, voice="tara", max_new_tokens=100, seed=3)
+    pcm = await synthesizer.synthesize(params, ignore_eos=True)
+    assert len(pcm) == 2 * 14 * FRAME - CROSSFADE_SAMPLES
+    assert np.isfinite(pcm).all() and np.abs(pcm).max() <= 1.0
+
+
+async def test_forced_runaway_on_the_demo_model_fires_the_guard_once_and_completes(synthesizer, monkeypatch, caplog):
+    # end_of_speech suppressed: every generation runs until it is stopped
+    submit = synthesizer.backend.submit
+    monkeypatch.setattr(synthesizer.backend, "submit", lambda *args, **kw: submit(*args, **{**kw, "ignore_eos": True}))
+    caplog.set_level(logging.WARNING)
+    budget = token_budget("Hi.", 400, synthesizer.guard_limits)
+    async with serve(synthesizer) as (client, app):
+        response = await client.post(V1, json={"text": "Hi.", "voice": "tara", "max_new_tokens": 400, "seed": 3})
+        metrics = app.state.server.metrics.registry
+    assert response.status_code == 200, response.text
+    assert wav_samples(response.content) == budget // 7 * FRAME  # the part being heard ends at its budget
+    assert metrics.get_sample_value("orpheus_guard_fired_total", {"guard": "budget", "action": "truncate"}) == 1
+    request_id = response.headers["x-request-id"]
+    assert [r for r in caplog.records if request_id in r.getMessage() and "budget guard" in r.getMessage()]
+
+
+# --- speed -----------------------------------------------------------------------------------
+
+
+class ToneSynth:
+    """Three seconds of a 220 Hz tone, in frame-sized chunks."""
+
+    SECONDS = 36 * FRAME / 24000
+
+    async def stream(self, params, request_id=None, on_guard=None):
+        t = np.arange(36 * FRAME) / 24000
+        for chunk in np.split((0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 36):
+            yield chunk
+
+    def stats(self):
+        return {"queued": 0, "running": 0}
+
+
+async def durations(client, speed: float) -> dict[str, float]:
+    """Seconds of audio each route returns at `speed`."""
+    out = {}
+    pcm = await client.post(SPEECH, json={"input": "Hi.", "response_format": "pcm", "speed": speed})
+    out["openai"] = len(pcm.content) / 2 / 24000
+    for stream in (False, True):
+        wav = await client.post(V1, json={"text": "Hi.", "speed": speed, "stream": stream})
+        assert wav.status_code == 200, wav.text
+        out[f"segmind-stream={stream}"] = (len(wav.content) - 44) / 2 / 24000
+    job = (await client.post(V2, json={"text": "Hi.", "speed": speed})).json()
+    while (await client.get(job["status_url"])).json()["status"] != "COMPLETED":
+        await asyncio.sleep(0.02)
+    output = (await client.get(job["response_url"])).json()["output"]
+    out["segmind-v2"] = wav_samples((await client.get(output)).content) / 24000
+    return out
+
+
+@pytest.mark.parametrize("speed", [2.0, 0.5])
+async def test_speed_scales_the_duration_on_every_route(speed):
+    async with serve(ToneSynth()) as (client, _):
+        got = await durations(client, speed)
+    for route, seconds in got.items():
+        assert seconds == pytest.approx(ToneSynth.SECONDS / speed, rel=0.02), route
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+
+async def test_text_over_the_limit_is_413_naming_the_limit():
+    async with serve(ToneSynth(), max_text_chars=1000) as (client, _):
+        segmind = await client.post(V1, json={"text": "a" * 1001})
+        openai = await client.post(SPEECH, json={"input": "a" * 1001})
+        fits = await client.post(V1, json={"text": "a" * 1000})
+    assert segmind.status_code == openai.status_code == 413
+    assert segmind.json()["error"].startswith("text: 1001 characters is more than the 1000 one request may have")
+    assert openai.json()["error"]["param"] == "input" and openai.json()["error"]["code"] == "text_too_long"
+    assert fits.status_code == 200
+
+
+async def test_the_default_limit_is_20000_characters():
+    assert ServerSettings().max_text_chars == 20000
+
+
+async def test_unsupported_tags_are_400_naming_the_tag():
+    async with serve(ToneSynth()) as (client, _):
+        segmind = await client.post(V1, json={"text": "So <happy> today."})
+        openai = await client.post(SPEECH, json={"input": "A <whisper> secret."})
+        fine = await client.post(V1, json={"text": "So <laugh> today."})
+    assert segmind.status_code == openai.status_code == 400
+    assert segmind.json()["error"].startswith("text: unsupported tag <happy>")
+    assert openai.json()["error"]["message"].startswith("text: unsupported tag <whisper>")
+    assert fine.status_code == 200
