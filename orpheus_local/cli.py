@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(s)
     s.set_defaults(func=cmd_synth)
 
-    f = sub.add_parser("fetch-weights", help="download the model and the codec from the Hugging Face hub")
+    f = sub.add_parser("fetch-weights", help="download the model and the codec from the Hugging Face hub and check "
+                       "every file against the hub's sizes and sha256")
     f.add_argument("--dest", default=str(DEFAULT_WEIGHTS_DIR))
     f.set_defaults(func=cmd_fetch)
 

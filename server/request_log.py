@@ -20,6 +20,7 @@ log = logging.getLogger("server.requests")
 # Probes and scrapes come every few seconds: their lines are debug, so that info stays readable.
 _QUIET_ROUTES = frozenset({"/health", "/ready", "/metrics"})
 
+
 @dataclass
 class RequestRecord:
     route: str

@@ -140,29 +140,31 @@ def test_port_healthcheck_and_entrypoint(dockerfile):
     assert argv[0] == "python3" and "/ready" in argv[-1]
 
 
-class ReadyHandler(http.server.BaseHTTPRequestHandler):
-    status = 503
-
-    def do_GET(self):
-        self.send_response(self.status if self.path == "/ready" else 404)
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
-
-
 def test_healthcheck_command_follows_ready(dockerfile):
     """The HEALTHCHECK's own command, run here against a stand-in for /ready."""
     _, (_, runtime) = dockerfile
     argv = json.loads(runtime.one("HEALTHCHECK").partition(" CMD ")[2])
-    server = http.server.HTTPServer(("127.0.0.1", 0), ReadyHandler)
+    ready = {"status": 503}
+
+    class Ready(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(ready["status"] if self.path == "/ready" else 404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Ready)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    env = {"ORPHEUS_PORT": str(server.server_port), "PATH": "/usr/bin:/bin"}
+
+    def healthcheck() -> int:
+        env = {"ORPHEUS_PORT": str(server.server_port)}
+        return subprocess.run([sys.executable, *argv[1:]], env=env, capture_output=True, timeout=30).returncode
+
     try:
-        run = lambda: subprocess.run([sys.executable, *argv[1:]], env=env, capture_output=True, timeout=30)  # noqa: E731
-        assert run().returncode != 0
-        ReadyHandler.status = 200
-        assert run().returncode == 0
+        assert healthcheck() != 0
+        ready["status"] = 200
+        assert healthcheck() == 0
     finally:
         server.shutdown()
 
