@@ -157,7 +157,7 @@ def main() -> None:
     }
     if not args.skip_real_shape:
         real = str(build_demo_model(work / "real", seed=0, shape="real", dtype="bfloat16"))
-        results["engine_vs_generate_real_shape"] = compare("real 3B shape, bf16, 16 tokens", real, "bfloat16", 16, 1, 1)["ratio"]
+        results["engine_vs_generate_real_shape"] = compare("real 3B shape, bf16, 16 tokens", real, "bfloat16", 16, 1, args.repeats)["ratio"]
     results["rows"] = [dict(zip(("case", "generate_tok_s", "engine_tok_s", "ratio"), r)) for r in rows]
     results.update(machine_info(args))
     if args.json:
