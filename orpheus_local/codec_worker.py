@@ -8,6 +8,7 @@ back to its stream's asyncio queue.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import threading
 import time
@@ -20,6 +21,20 @@ log = logging.getLogger(__name__)
 
 _END = object()
 TICK_S = 0.02  # a stream waiting to grow its next chunk is looked at again this often
+# glibc keeps the peak of a busy spell (decoder activations: hundreds of MB under load, and more
+# after each spell); once nothing has been decoded for this long, it is handed back to the system.
+TRIM_AFTER_IDLE_S = 1.0
+
+
+def _malloc_trim():
+    """glibc's malloc_trim, or None where the C library has none."""
+    try:
+        return getattr(ctypes.CDLL(None), "malloc_trim", None)
+    except (OSError, TypeError):
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
 
 
 class AudioStream:
@@ -99,11 +114,18 @@ class CodecWorker:
             s.decoder.decode_seconds_per_frame = self._per_frame
 
     def _run(self) -> None:
+        last_busy: float | None = None  # since the last trim
         while not self._stopping:
             self._wake.wait(timeout=TICK_S)
             self._wake.clear()
             with self._lock:
                 streams = list(self._streams)
+            if streams:
+                last_busy = time.monotonic()
+            elif last_busy is not None and time.monotonic() - last_busy > TRIM_AFTER_IDLE_S:
+                last_busy = None
+                if _MALLOC_TRIM is not None:
+                    _MALLOC_TRIM(0)
             ready = [(s, w) for s in streams if not s.closed for w in iter(s.decoder.ready_window, None)]
             if ready:
                 try:

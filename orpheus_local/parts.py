@@ -75,6 +75,11 @@ class Part:
             self._heard = True
             yield item
 
+    def cancel(self) -> None:
+        """Stop generating, now; stop() also waits until the generation has ended."""
+        if self._task is not None:
+            self._task.cancel()
+
     async def stop(self) -> None:
         if self._task is not None and not self._task.done():
             self._task.cancel()
@@ -168,4 +173,8 @@ async def join_parts(parts: list[Part], overlap: int, window: int = WINDOW) -> A
             if i + window < len(parts):
                 parts[i + window].start()
     finally:
+        # Cancelled first, without an await: a caller cancelled through an anyio scope (Starlette's
+        # watch for a client's disconnect) is cancelled again at each await, before stop() could run.
+        for part in parts:
+            part.cancel()
         await asyncio.gather(*(part.stop() for part in parts))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from pathlib import Path
 
@@ -34,9 +35,10 @@ def presented_key(headers: Headers) -> str | None:
 
 
 def key_index(key: str, keys: tuple[bytes, ...]) -> int | None:
-    """Which of keys this is, or None. Every key is compared, each in constant time, so timing
-    tells nothing about any of them."""
-    matches = [hmac.compare_digest(key.encode(), known) for known in keys]
+    """Which of keys this is, or None. Every key is compared, in constant time and as digests of one
+    length, so timing tells nothing about any key, not even its length."""
+    digest = hashlib.sha256(key.encode()).digest()
+    matches = [hmac.compare_digest(digest, hashlib.sha256(known).digest()) for known in keys]
     return matches.index(True) if any(matches) else None
 
 

@@ -2,9 +2,9 @@
 request fields and text fuzzed with hypothesis. Every answer must be a 2xx, or a 4xx with the
 contract's error body; never a 5xx, a stack trace or a file path, and the server stays ready.
 
-Generations are real (the tiny demo model), cut to the API's minimum of 100 tokens, and the app's
-limits are small (texts of 300 characters, bodies of 4 KiB) so that inputs at and over every limit
-stay quick to answer.
+Generations are real (the tiny demo model) but stop at their first audio, and the app's limits are
+small (texts of 300 characters, bodies of 4 KiB), so that hundreds of inputs, at and over every
+limit, take seconds. Complete audio under load is tests/test_load.py's business.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import time
 import wave
 from collections import Counter
 from contextlib import aclosing
@@ -40,28 +41,22 @@ REPO = str(Path(__file__).resolve().parents[1])
 FUZZED: Counter = Counter()  # answers by status, over every fuzz test of this module
 
 
-class ShortGenerations:
-    """The session's synthesizer with every generation cut to the API's minimum length."""
+class FirstAudioOnly:
+    """The session's synthesizer, each generation stopped at its first audio chunk: the text has gone
+    the whole way through tokenizer, engine and codec, at a fraction of a whole generation's cost."""
 
     def __init__(self, synth):
         self.synth = synth
 
-    def stream(self, params, request_id=None, **kw):
-        return self.synth.stream(params.replace(max_new_tokens=MIN_TOKENS), request_id, **kw)
-
-    def __getattr__(self, name):
-        return getattr(self.synth, name)
-
-
-class FirstAudioOnly(ShortGenerations):
-    """Also stops each generation at its first audio chunk: the text has gone the whole way through
-    tokenizer, engine and codec, at a fraction of the cost of a whole generation."""
-
     async def stream(self, params, request_id=None, **kw):
-        async with aclosing(super().stream(params, request_id, **kw)) as chunks:
+        shortest = params.replace(max_new_tokens=MIN_TOKENS)
+        async with aclosing(self.synth.stream(shortest, request_id, **kw)) as chunks:
             async for pcm in chunks:
                 yield pcm
                 return
+
+    def __getattr__(self, name):
+        return getattr(self.synth, name)
 
 
 def leaks_internals(text: str) -> bool:
@@ -73,7 +68,8 @@ def check_answer(path: str, status: int, headers, content: bytes) -> None:
     FUZZED[status] += 1
     text = content.decode("utf-8", "replace")
     assert status < 500, f"{status} for {path}: {text[:300]}"
-    assert not leaks_internals(text), text[:300]
+    if headers.get("content-type", "").startswith(("application/json", "text/")):
+        assert not leaks_internals(text), text[:300]
     if status < 400:
         return
     assert headers["content-type"] == "application/json", headers
@@ -97,22 +93,27 @@ def wav_frames(content: bytes) -> int:
     return frames
 
 
-def wait_ready(call) -> None:
-    for _ in range(500):
-        if call("/ready").status_code == 200:
-            return
-    raise AssertionError("the app never became ready")
+def poll(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
+        time.sleep(0.02)
+
+
+def wait_ready(get) -> None:
+    poll(lambda: get("/ready").status_code == 200, 30, "ready")
 
 
 def assert_ready_and_idle(app, get) -> None:
-    """Ready, and nothing left in flight once the background jobs are done."""
+    """Ready, and nothing left in flight once the background v2 jobs are done."""
     state = app.state.server
     assert get("/ready").status_code == 200
-    for _ in range(3000):
-        if state.admission.count == 0 and not state.synth.stats()["running"] and not state.synth.stats()["queued"]:
-            return
-        get("/health")
-    raise AssertionError(f"still busy: {state.admission.count} in flight, {state.synth.stats()}")
+
+    def idle() -> bool:
+        stats = state.synth.stats()
+        return state.admission.count == 0 and not stats["running"] and not stats["queued"]
+
+    poll(idle, 60, "idle")
 
 
 # --- every route, from the OpenAPI document -----------------------------------------------------
@@ -120,7 +121,7 @@ def assert_ready_and_idle(app, get) -> None:
 
 @pytest.fixture(scope="module")
 def fuzzed_app(synthesizer):
-    app = build_app(ShortGenerations(synthesizer), ServerSettings(**LIMITS))
+    app = build_app(FirstAudioOnly(synthesizer), ServerSettings(**LIMITS))
     yield app
     asgi.shutdown_lifespans()  # schemathesis runs the app's lifespan; end it with the module
 
@@ -137,15 +138,13 @@ schema = schemathesis.pytest.from_fixture("api_schema")
 
 
 @schema.parametrize()
-@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+@settings(max_examples=50, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 def test_every_route_answers_2xx_or_a_4xx_with_the_contract_error_body(case):
     response = case.call(timeout=60)
     headers = {name.lower(): values[0] for name, values in response.headers.items()}
     check_answer(case.path, response.status_code, headers, response.content)
     if response.status_code == 200 and case.path == V1:
-        body = case.body if isinstance(case.body, dict) else {}
-        if not body.get("stream"):
-            assert wav_frames(response.content) % 2048 == 0
+        wav_frames(response.content)  # a whole WAV file, streamed or not
     if response.status_code == 200 and case.path == SPEECH:
         assert headers["content-type"].split(";")[0] in (
             {f.content_type for f in FORMATS.values()} | {"text/event-stream"})
@@ -184,7 +183,8 @@ SUPPORTED_TAGS = ("<laugh>", "<sigh>", "<chuckle>", "<gasp>")
 PIECES = st.one_of(
     st.text(max_size=12),  # any code point hypothesis likes, surrogates excluded
     st.sampled_from([
-        "Hello there.", " ", "\t", "\n", "\u00a0", "😀", "👩\u200d👩\u200d👧", "🇫🇷",  # words, whitespace, emoji
+        "Hello there.", " ", "\t", "\n", "\u00a0",  # words and whitespace
+        "😀", "👩\u200d👩\u200d👧", "🇫🇷",  # emoji: one code point, a joined sequence, a flag
         "שלום", "مرحبا", "\u200f", "\u202e", "\u2066",  # right-to-left text and direction marks
         "\u200b", "\u200c", "\u200d", "\ufeff", "\u00ad",  # zero-width characters
         "\ud800", "\udfff", "\udbff\udbff",  # lone surrogates (JSON can carry them as escapes)
@@ -211,9 +211,10 @@ def text_client(synthesizer):
 @example(text="\ud800", route=V1)
 @example(text="<\udfff>", route=SPEECH)
 @example(text="x" * MAX_TEXT_CHARS, route=V1)
+@example(text="😀" * 200, route=V1)  # one part, but more prompt tokens than one generation takes
 @example(text="x" * (MAX_TEXT_CHARS + 1), route=V1)
 @example(text="😀" * (MAX_TEXT_CHARS + 1), route=SPEECH)
-@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 def test_any_text_gets_audio_or_a_4xx_naming_the_text(text_client, text, route):
     client, _ = text_client
     field = "text" if route == V1 else "input"
@@ -225,7 +226,7 @@ def test_any_text_gets_audio_or_a_4xx_naming_the_text(text_client, text, route):
     check_answer(route, response.status_code, response.headers, response.content)
     if response.status_code == 200:
         assert response.headers["content-type"] == "audio/wav"
-        wav_frames(response.content)  # a whole WAV file (of the first chunk only: see FirstAudioOnly)
+        wav_frames(response.content)
     else:
         error = response.json()["error"]
         message = error if route == V1 else error["message"]
@@ -257,7 +258,7 @@ BODIES = st.one_of(
 @example(body='{"text": "Hi", "max_new_tokens": 1e400}', route=V1, content_type="application/json")
 @example(body='{"input": "Hi", "speed": -Infinity}', route=SPEECH, content_type="application/json")
 @example(body='{"text": "Hi", "seed": ' + "9" * 5000 + "}", route=V2, content_type="application/json")
-@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 def test_random_bodies_get_a_2xx_or_a_4xx_with_the_contract_error_body(text_client, body, route, content_type):
     client, _ = text_client
     headers = {"content-type": content_type} if content_type else {}

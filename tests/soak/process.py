@@ -1,0 +1,97 @@
+"""A real `orpheus-local serve` process on a free loopback port, its output collected as it comes
+(a full pipe would stall the server), its memory read from /proc."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a process (Linux), from /proc/<pid>/status."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+@dataclass
+class ServerProcess:
+    process: subprocess.Popen
+    base_url: str
+    lines: list[str] = field(default_factory=list)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def rss(self) -> int:
+        return rss_bytes(self.process.pid)
+
+    def signal(self, sig: int = signal.SIGTERM) -> None:
+        self.process.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        return self.process.wait(timeout=timeout)
+
+    def stop(self, timeout: float = 60) -> int:
+        """SIGTERM, then the exit status (the server is killed if it does not stop in time)."""
+        if self.process.poll() is None:
+            self.signal(signal.SIGTERM)
+            try:
+                return self.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        return self.process.wait()
+
+
+def _collect(process: subprocess.Popen, lines: list[str]) -> None:
+    for line in process.stdout:
+        lines.append(line)
+
+
+def serve_command(*flags: str) -> list[str]:
+    command = [shutil.which("orpheus-local") or sys.executable, "serve"]
+    if command[0] == sys.executable:
+        command[1:1] = ["-m", "orpheus_local.cli"]
+    return command + list(flags)
+
+
+def start_server(*flags: str, ready_timeout: float = 180, threads: int = 1) -> ServerProcess:
+    """`orpheus-local serve FLAGS --port <free>`, returned once /ready answers 200."""
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(serve_command(*flags, "--port", str(port)), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, env=env)
+    server = ServerProcess(process, f"http://127.0.0.1:{port}")
+    threading.Thread(target=_collect, args=(process, server.lines), daemon=True).start()
+    deadline = time.monotonic() + ready_timeout
+    with httpx.Client(base_url=server.base_url, timeout=10) as client:
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"the server exited with {process.returncode}:\n{server.output}")
+            if time.monotonic() > deadline:
+                server.stop()
+                raise RuntimeError(f"the server was not ready after {ready_timeout} s:\n{server.output}")
+            try:
+                if client.get("/ready").status_code == 200:
+                    return server
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
