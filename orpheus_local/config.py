@@ -20,8 +20,9 @@ def default_dtype(device: str) -> str:
 
 @dataclass
 class EngineConfig:
-    model: str = str(DEFAULT_WEIGHTS_DIR / MODEL_SUBDIR)  # directory or hub id
-    snac: str = str(DEFAULT_WEIGHTS_DIR / SNAC_SUBDIR)
+    # "./" marks the defaults as local paths: "weights/x" alone would also read as a hub id.
+    model: str = f"./{DEFAULT_WEIGHTS_DIR / MODEL_SUBDIR}"  # directory or hub id
+    snac: str = f"./{DEFAULT_WEIGHTS_DIR / SNAC_SUBDIR}"
     demo: bool = False  # build and use random weights of the real layout
     demo_dir: Path = Path.home() / ".cache" / "orpheus-local" / "demo"
     device: str | None = None  # None: cuda when present, else cpu

@@ -51,3 +51,13 @@ def test_missing_weights_say_how_to_get_them(tmp_path):
     assert result.returncode == 2
     assert "orpheus-local fetch-weights" in result.stderr and "--demo" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", [["serve"], ["synth", "hi", "-o", "x.wav"]])
+def test_default_weights_missing_exit_at_once_with_the_fix(command, tmp_path):
+    # From a directory with no weights/: the default path is local, never mistaken for a hub id.
+    result = subprocess.run([sys.executable, "-m", "orpheus_local", *command], capture_output=True,
+                            text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "not found at weights/orpheus-3b-0.1-ft" in result.stderr
+    assert "orpheus-local fetch-weights" in result.stderr and "--demo" in result.stderr
