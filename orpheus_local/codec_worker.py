@@ -8,7 +8,6 @@ back to its stream's asyncio queue.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
 import threading
 import time
@@ -16,6 +15,7 @@ import time
 import numpy as np
 
 from .codec import SnacCodec, StreamDecoder
+from .memory import release_free_memory
 
 log = logging.getLogger(__name__)
 
@@ -24,17 +24,6 @@ TICK_S = 0.02  # a stream waiting to grow its next chunk is looked at again this
 # glibc keeps the peak of a busy spell (decoder activations: hundreds of MB under load, and more
 # after each spell); once nothing has been decoded for this long, it is handed back to the system.
 TRIM_AFTER_IDLE_S = 1.0
-
-
-def _malloc_trim():
-    """glibc's malloc_trim, or None where the C library has none."""
-    try:
-        return getattr(ctypes.CDLL(None), "malloc_trim", None)
-    except (OSError, TypeError):
-        return None
-
-
-_MALLOC_TRIM = _malloc_trim()
 
 
 class AudioStream:
@@ -124,8 +113,7 @@ class CodecWorker:
                 last_busy = time.monotonic()
             elif last_busy is not None and time.monotonic() - last_busy > TRIM_AFTER_IDLE_S:
                 last_busy = None
-                if _MALLOC_TRIM is not None:
-                    _MALLOC_TRIM(0)
+                release_free_memory()
             ready = [(s, w) for s in streams if not s.closed for w in iter(s.decoder.ready_window, None)]
             if ready:
                 try:

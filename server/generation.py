@@ -3,6 +3,7 @@ core's errors in HTTP terms."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from contextlib import aclosing, contextmanager
@@ -12,6 +13,7 @@ import numpy as np
 
 from orpheus_local.audio import SAMPLE_RATE, StreamEncoder
 from orpheus_local.errors import InputError, NotReadyError, QueueFullError
+from orpheus_local.memory import release_free_memory
 from orpheus_local.params import SynthesisParams
 from orpheus_local.synth import Synthesizer
 
@@ -20,6 +22,8 @@ from .errors import busy, generation_failed, invalid, not_ready
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+IDLE_TRIM_S = 1.0
 
 
 class Admission:
@@ -36,6 +40,12 @@ class Admission:
 
     def release(self) -> None:
         self.count -= 1
+        if self.count == 0:  # idle: give back the allocator's peak once the last encoder is done
+            asyncio.get_running_loop().call_later(IDLE_TRIM_S, self._trim_if_idle)  # releases run in the loop
+
+    def _trim_if_idle(self) -> None:
+        if self.count == 0:
+            asyncio.get_running_loop().run_in_executor(None, release_free_memory)
 
     @contextmanager
     def hold(self):

@@ -68,9 +68,10 @@ async def settled_rss(server, limit: int, timeout: float = 10) -> int:
 
 async def test_load_serves_every_request_completely_and_leaves_nothing_behind(server):
     async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as client:
-        # warm-up: every kind, as many at once as the server takes
-        warm_up = await run_load(server.base_url, concurrency=MAX_IN_FLIGHT, requests=MAX_IN_FLIGHT, headers=AUTH)
-        assert {o.status for o in warm_up} == {200}
+        # warm-up under the same load: the codec's and encoders' per-shape caches fill here, so what
+        # the measured round adds on top is what a leak would add
+        warm_up = await run_load(server.base_url, concurrency=CONCURRENCY, requests=REQUESTS, headers=AUTH)
+        assert {o.status for o in warm_up} <= {200, 429} and sum(o.status == 200 for o in warm_up) == REQUESTS
         await wait_idle(client)
         rss_warm = await settled_rss(server, 0, timeout=3)
 
