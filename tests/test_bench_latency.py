@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -32,16 +31,11 @@ from bench.measure import RequestResult, error_message
 from bench.report import CLOSED, summarize
 from bench.sse import SpeechEvents
 from orpheus_local.audio import encode_audio, wav_stream_header
+from soak.process import free_port
 
 KEY = "bench-test-key"
 TEXT = "Hello there, this is a benchmark."
 SHORT = ["--max-new-tokens", "100", "--seed", "1", "--timeout", "60"]  # the API's shortest generation
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ import uvicorn
 from server.app import build_app
 from server.lifecycle import GracefulServer
 from server.settings import ServerSettings
+from soak.process import free_port
 
 V1 = "/v1/orpheus-3b-0.1"
 FRAME_SAMPLES = 2048
@@ -61,12 +61,6 @@ class HeldSynth:
 
     def close(self) -> None:
         self.closed = True
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 async def wait_ready(client: httpx.AsyncClient, timeout: float = 20.0) -> None:
@@ -270,8 +264,8 @@ def test_a_second_signal_exits_at_once(demo_dirs):
             payload = {"text": SENTENCE, "voice": "tara", "max_new_tokens": 1000, "seed": 1, "stream": True}
             with client.stream("POST", V1, json=payload) as in_flight:
                 # Keep the iterator: dropping it closes the connection, and the server then cancels.
-                body = in_flight.iter_raw()
-                next(body)
+                chunks = in_flight.iter_raw()
+                next(chunks)
                 process.send_signal(signal.SIGTERM)
                 time.sleep(0.3)
                 assert process.poll() is None  # draining: the request is still generating

@@ -7,7 +7,6 @@ import io
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import pytest
 from orpheus_local.checkpoint import CheckpointError, resolve_model_dir
 from server.main import main
 from server.settings import ServerSettings
+from soak.process import free_port
 
 SHORT = {"text": "Hello there.", "voice": "tara", "max_new_tokens": 100, "seed": 1}
 
@@ -78,12 +78,6 @@ def test_load_failure_in_the_lifespan_stops_the_server(monkeypatch, tmp_path, ca
     monkeypatch.setattr(Synthesizer, "load", staticmethod(fail))
     assert main(["--demo", "--demo-dir", str(tmp_path), "--port", "0"]) == 1
     assert capsys.readouterr().err.strip() == "error: cannot download Orpheus model 'someone/else': hub error 500."
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_serve_demo_process_answers_over_tcp(demo_config, demo_dirs):

@@ -6,6 +6,7 @@ generated ids, then the Orpheus frame constraint, then temperature, then top_p.
 
 from __future__ import annotations
 
+import queue
 import threading
 from dataclasses import dataclass
 
@@ -22,7 +23,9 @@ from transformers import (
 )
 
 from .. import format as fmt
+from ..errors import QueueFullError
 from ..params import SynthesisParams
+from .stream import TokenStream
 
 
 class FrameConstraint(LogitsProcessor):
@@ -143,8 +146,6 @@ class ReferenceBackend:
     """Serves requests one at a time through ReferenceGenerator on a worker thread."""
 
     def __init__(self, generator: ReferenceGenerator, max_queue: int):
-        import queue
-
         self.generator = generator
         self._queue: "queue.Queue" = queue.Queue(maxsize=max_queue)
         self._running = 0
@@ -153,10 +154,6 @@ class ReferenceBackend:
 
     def submit(self, prompt_ids: list[int], params: SynthesisParams, request_id: str, *, ignore_eos: bool = False,
                max_tokens: int = 0):
-        import queue
-
-        from ..errors import QueueFullError
-        from .stream import TokenStream
 
         stream = TokenStream(request_id)
         try:
