@@ -51,13 +51,23 @@ def run_reference(model_dir: str, dtype: str, tokens: int, requests: int, repeat
     prompt = _prompt(model_dir)
     params = SynthesisParams(text=TEXT, seed=0)
     gen.generate(prompt, params, ignore_eos=True, max_tokens=min(tokens, 8))  # warm-up
-    times = []
+    times, produced = [], []
     for _ in range(repeats):
         start = time.perf_counter()
+        count = 0
         for i in range(requests):  # one request at a time: all generate() can do
-            gen.generate(prompt, params.replace(seed=i), ignore_eos=True, max_tokens=tokens)
+            count += len(gen.generate(prompt, params.replace(seed=i), ignore_eos=True, max_tokens=tokens))
         times.append(time.perf_counter() - start)
-    return {"seconds": statistics.median(times), "tokens": tokens * requests, "rss_mb": _peak_rss_mb()}
+        produced.append(count)
+    return _result(times, produced)
+
+
+def _result(times: list[float], produced: list[int]) -> dict:
+    """Median time of the repeats and the tokens each produced (counted, not assumed: all repeats
+    must have produced the same forced length)."""
+    if len(set(produced)) != 1:
+        raise RuntimeError(f"forced lengths differ between repeats: {produced}")
+    return {"seconds": statistics.median(times), "tokens": produced[0], "rss_mb": _peak_rss_mb()}
 
 
 def run_engine(model_dir: str, dtype: str, tokens: int, requests: int, repeats: int) -> dict:
@@ -71,25 +81,24 @@ def run_engine(model_dir: str, dtype: str, tokens: int, requests: int, repeats: 
     prompt = _prompt(model_dir)
     params = SynthesisParams(text=TEXT, seed=0)
 
-    async def batch(n: int, count: int) -> None:
-        async def one(i):
+    async def batch(n: int, count: int) -> int:
+        async def one(i) -> int:
             stream = engine.submit(prompt, params.replace(seed=i), f"r{i}", ignore_eos=True, max_tokens=count)
-            async for _ in stream:
-                pass
-        await asyncio.gather(*(one(i) for i in range(n)))
+            return sum([len(ids) async for ids in stream])
+        return sum(await asyncio.gather(*(one(i) for i in range(n))))
 
-    async def measure() -> list[float]:
+    async def measure() -> tuple[list[float], list[int]]:
         await batch(requests, min(tokens, 8))  # warm-up
-        times = []
+        times, produced = [], []
         for _ in range(repeats):
             start = time.perf_counter()
-            await batch(requests, tokens)
+            produced.append(await batch(requests, tokens))
             times.append(time.perf_counter() - start)
-        return times
+        return times, produced
 
-    times = asyncio.run(measure())
+    times, produced = asyncio.run(measure())
     engine.close()
-    return {"seconds": statistics.median(times), "tokens": tokens * requests, "rss_mb": _peak_rss_mb()}
+    return _result(times, produced)
 
 
 def machine_info(args) -> dict:

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from .checkpoint import DEFAULT_WEIGHTS_DIR, CheckpointError
-from .params import RANGES, VOICES, SynthesisParams
+from .params import RANGES, TOP_K_RANGE, VOICES, SynthesisParams
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -40,6 +40,7 @@ def cmd_synth(args) -> int:
         params = SynthesisParams(
             text=args.text, voice=args.voice or None, temperature=args.temperature, top_p=args.top_p,
             max_new_tokens=args.max_new_tokens, repetition_penalty=args.repetition_penalty, seed=args.seed,
+            top_k=args.top_k,
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -82,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--top-p", type=float, default=0.95, help=f"{RANGES['top_p']}")
     s.add_argument("--max-new-tokens", type=int, default=1200, help=f"{RANGES['max_new_tokens']}")
     s.add_argument("--repetition-penalty", type=float, default=1.1, help=f"{RANGES['repetition_penalty']}")
+    s.add_argument("--top-k", type=int, default=None, help=f"{TOP_K_RANGE} (default: no top-k)")
     s.add_argument("--seed", type=int, default=None, help="make the result reproducible")
     _add_model_args(s)
     s.set_defaults(func=cmd_synth)

@@ -22,7 +22,9 @@ Driving many streams from one codec worker thread:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
+import secrets
 import threading
 import time
 from collections import defaultdict
@@ -31,10 +33,11 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from . import format as fmt
+from .counter_rng import mix32, normal, seed_key
 
 FRAME_SECONDS = fmt.SAMPLES_PER_FRAME / fmt.SAMPLE_RATE
 
@@ -47,13 +50,22 @@ class Window:
     left: int  # context frames before the chunk
     count: int  # frames whose audio is emitted
     start: int  # index in the stream of the chunk's first frame
+    noise_key: int = 0  # the stream's noise seed: its noise is a function of (key, block, position)
+    alone: bool = False  # decode in a call of its own: its samples must not depend on a batch
+
+    @property
+    def first_frame(self) -> int:
+        """Index in the stream of frames[0]."""
+        return self.start - self.left
 
 
 class SnacCodec:
     """A float32 SNAC on one device. Takes ownership of the model and prepares it for inference.
 
-    noise=False removes the decoder's noise blocks (they draw fresh Gaussian noise on every call), so
-    decoding is deterministic and streamed audio can be compared with one-shot audio.
+    The decoder's noise blocks are kept (they are part of the trained decoder's sound), but their
+    noise is a pure function of (the stream's noise key, the block, the absolute sample position at
+    that block's rate) instead of the global RNG: the same codes and key give the same noise decoded
+    alone or in a batch, in one call or in windows. noise=False removes the blocks (tests, benchmarks).
     max_batch_frames bounds the frames of one decode call: activations take about 1.3 GiB for 512
     frames, and batches that large already run at full efficiency on an H100.
     """
@@ -61,42 +73,51 @@ class SnacCodec:
     def __init__(self, model: nn.Module, device: str | torch.device = "cpu", *, noise: bool = True,
                  max_batch_frames: int = 512):
         _bake_weight_norm(model)
+        self.device = torch.device(device)
+        self._noise = SeededNoise.install(model, self.device) if noise else None
         if not noise:
             _remove_noise(model)
-        self.device = torch.device(device)
         self.model = model.to(self.device, torch.float32).eval()
         self.max_batch_frames = max_batch_frames
         self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        self._lock = threading.Lock()  # one decode call at a time: the noise inputs are per call
 
-    def decode(self, frames: np.ndarray) -> np.ndarray:
-        """[F, 7] codes -> float32 [2048 * F] PCM, the whole utterance in one call."""
+    def decode(self, frames: np.ndarray, noise_key: int | None = None) -> np.ndarray:
+        """[F, 7] codes -> float32 [2048 * F] PCM, the whole utterance in one call.
+        noise_key: the seed of the noise (None: a fresh one)."""
         frames = np.asarray(frames, dtype=np.int64).reshape(-1, fmt.FRAME_TOKENS)
         if not len(frames):
             return np.zeros(0, dtype=np.float32)
-        return self.decode_windows([Window(frames, 0, len(frames), 0)])[0]
+        key = new_noise_key() if noise_key is None else noise_key
+        return self.decode_windows([Window(frames, 0, len(frames), 0, key, alone=True)])[0]
 
     def decode_windows(self, windows: Sequence[Window]) -> list[np.ndarray]:
         """Each window's chunk, float32 [2048 * count], in order.
 
         Windows of equal length share a decode call; padding shorter ones would change their edges.
+        A window marked alone gets a call of its own: kernels may compute a row differently for
+        another batch size, and its samples must not depend on what else is being decoded.
         """
         out: list[np.ndarray | None] = [None] * len(windows)
-        by_length: dict[int, list[int]] = defaultdict(list)
+        groups: dict[object, list[int]] = defaultdict(list)
         for i, w in enumerate(windows):
-            by_length[len(w.frames)].append(i)
-        for length, idx in by_length.items():
-            per_call = max(1, self.max_batch_frames // length)
+            groups[("alone", i) if w.alone else len(w.frames)].append(i)
+        for idx in groups.values():
+            per_call = max(1, self.max_batch_frames // len(windows[idx[0]].frames))
             for b in range(0, len(idx), per_call):
-                group = idx[b:b + per_call]
-                pcm = self._decode_batch(np.stack([windows[i].frames for i in group]))
-                for i, row in zip(group, pcm):
-                    w = windows[i]
+                group = [windows[i] for i in idx[b:b + per_call]]
+                pcm = self._decode_batch(group)
+                for i, w, row in zip(idx[b:b + per_call], group, pcm):
                     out[i] = row[w.left * fmt.SAMPLES_PER_FRAME:(w.left + w.count) * fmt.SAMPLES_PER_FRAME]
         return out
 
-    def _decode_batch(self, frames: np.ndarray) -> np.ndarray:
-        """[B, W, 7] codes -> float32 [B, 2048 * W]."""
-        with torch.inference_mode(), self._stream_context():
+    def _decode_batch(self, windows: list[Window]) -> np.ndarray:
+        """Windows of one length W -> float32 [B, 2048 * W]."""
+        frames = np.stack([w.frames for w in windows])  # [B, W, 7]
+        with self._lock, torch.inference_mode(), self._stream_context():
+            if self._noise is not None:
+                self._noise.prepare([w.noise_key for w in windows], [w.first_frame for w in windows],
+                                    frames.shape[1])
             codes = [torch.from_numpy(c).to(self.device) for c in fmt.frames_to_codes(frames)]
             audio = self.model.decode(codes)  # [B, 1, 2048 * W]
             return audio[:, 0].float().cpu().numpy()
@@ -115,6 +136,74 @@ def _bake_weight_norm(model: nn.Module) -> None:
     for module in model.modules():
         if parametrize.is_parametrized(module, "weight"):
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+
+
+def new_noise_key() -> int:
+    """A fresh noise seed, for a stream whose request gave none."""
+    return secrets.randbits(63)
+
+
+class SeededNoise:
+    """The noise of every noise block of one SNAC decoder, computed for a whole decode call at once.
+
+    prepare() runs before each call: for each row (a window of W frames starting at frame f0 of its
+    stream, with the stream's key) and each block b, the noise at the block's step t is
+    normal(hash(key, b, f0 * steps_per_frame[b] + t)): one batched hash on the device, no loop
+    over frames. The blocks then read their slice.
+    """
+
+    _DOMAIN = 0x5EED_C0DE  # keeps codec noise independent of the sampler's noise from the same seed
+
+    def __init__(self, steps_per_frame: list[int], device: torch.device):
+        self.steps_per_frame = steps_per_frame
+        self.device = device
+        self.noise: list[Tensor] = []  # per block: [B, W * steps_per_frame[b]] float32
+
+    @classmethod
+    def install(cls, model: nn.Module, device: torch.device) -> "SeededNoise":
+        """Replace the model's NoiseBlocks by blocks that read from one SeededNoise, and return it."""
+        from snac.layers import DecoderBlock, NoiseBlock
+
+        # The latent has SAMPLES_PER_FRAME / prod(rates) steps per frame; each block upsamples it.
+        rates = list(model.decoder_rates)
+        steps = fmt.SAMPLES_PER_FRAME // math.prod(rates)
+        source = cls([], device)
+        for block in (m for m in model.modules() if isinstance(m, DecoderBlock)):
+            steps *= rates[len(source.steps_per_frame)]
+            layers = block.block
+            for i, layer in enumerate(layers):
+                if isinstance(layer, NoiseBlock):
+                    layers[i] = _NoiseFromSource(layer.linear, source, len(source.steps_per_frame))
+            source.steps_per_frame.append(steps)
+        return source
+
+    def prepare(self, keys: Sequence[int], first_frames: Sequence[int], frames: int) -> None:
+        dev = self.device
+        key = seed_key(torch.tensor(keys, dtype=torch.int64, device=dev), self._DOMAIN)  # [B]
+        counts = [frames * s for s in self.steps_per_frame]
+        block = torch.repeat_interleave(torch.arange(len(counts), device=dev), torch.tensor(counts, device=dev))
+        starts = torch.tensor([0, *itertools.accumulate(counts)][:-1], device=dev)
+        step = torch.arange(sum(counts), device=dev) - starts[block]  # [T]: step inside the window
+        per_frame = torch.tensor(self.steps_per_frame, device=dev)[block]
+        first = torch.tensor(first_frames, dtype=torch.int64, device=dev)
+        position = first[:, None] * per_frame + step  # [B, T]: absolute step in the stream
+        block_key = mix32(key[:, None] ^ torch.arange(len(counts), device=dev))  # [B, blocks]
+        h = mix32(mix32(block_key[:, block] ^ position))
+        self.noise = list(normal(h).split(counts, dim=1))
+
+
+class _NoiseFromSource(nn.Module):
+    """SNAC's NoiseBlock, x + linear(x) * noise, with the noise its SeededNoise prepared."""
+
+    def __init__(self, linear: nn.Module, source: SeededNoise, index: int):
+        super().__init__()
+        self.linear = linear
+        self.source = source
+        self.index = index
+
+    def forward(self, x: Tensor) -> Tensor:
+        noise = self.source.noise[self.index]  # [B, T]
+        return x + self.linear(x) * noise[:, None, :].to(x.dtype)
 
 
 def _remove_noise(model: nn.Module) -> None:
@@ -143,13 +232,23 @@ class StreamDecoder:
     context and per-call work. Sizes are powers of two (up to max_chunk) so that windows of different
     streams often have equal length and batch together.
 
-    push() and finish() may be called from another thread than ready_window().
+    fixed=True is for audio returned whole (a file, not a stream): chunks of exactly max_chunk
+    frames, the last one shorter, each window decoded alone. Every window edge is then a function of
+    the frame count only, never of timing or of other streams, so a seeded request gives the same
+    bytes on every run; three frames of context on each side cover the decoder's reach (2.25 frames),
+    so the seams are far below the 16-bit step. Latency does not matter there: nobody listens yet.
+
+    noise_key seeds the stream's codec noise (None: a fresh key). push() and finish() may be called
+    from another thread than ready_window().
     """
 
     def __init__(self, *, left_context: int = 2, right_context: int = 1, max_chunk: int = 32,
-                 margin_s: float = 0.1, clock: Callable[[], float] = time.monotonic):
+                 margin_s: float = 0.1, clock: Callable[[], float] = time.monotonic,
+                 noise_key: int | None = None, fixed: bool = False):
         self.left_context, self.right_context = left_context, right_context
         self.max_chunk, self.margin_s, self._clock = max_chunk, margin_s, clock
+        self.noise_key = new_noise_key() if noise_key is None else noise_key
+        self.fixed = fixed
         self._lock = threading.Lock()
         self._buf = np.zeros((0, fmt.FRAME_TOKENS), dtype=np.int64)  # frames from index _base on
         self._base = 0
@@ -159,6 +258,11 @@ class StreamDecoder:
         self._first_emit_time = 0.0
         # Measured codec cost, kept up to date by whoever decodes the windows (the codec worker).
         self.decode_seconds_per_frame = 0.0
+
+    @classmethod
+    def whole_file(cls, noise_key: int | None = None) -> "StreamDecoder":
+        """Fixed windows for audio returned whole: the same frames and key give the same samples."""
+        return cls(left_context=3, right_context=3, max_chunk=32, noise_key=noise_key, fixed=True)
 
     @property
     def frames_pushed(self) -> int:
@@ -197,7 +301,8 @@ class StreamDecoder:
             start, end = self._emitted, self._emitted + count
             lo = max(0, start - self.left_context)
             hi = min(self._pushed, end + self.right_context)
-            window = Window(self._buf[lo - self._base:hi - self._base], start - lo, count, start)
+            window = Window(self._buf[lo - self._base:hi - self._base], start - lo, count, start,
+                            self.noise_key, alone=self.fixed)
             if start == 0:
                 self._first_emit_time = self._clock()
             self._emitted = end
@@ -212,6 +317,8 @@ class StreamDecoder:
         if self._finished:
             return min(available, self.max_chunk)
         ready = available - self.right_context  # frames whose right context has arrived
+        if self.fixed:
+            return self.max_chunk if ready >= self.max_chunk else 0
         if ready < 1:
             return 0
         if self._emitted and ready < self.max_chunk and not self._must_emit():

@@ -29,8 +29,8 @@ TRIM_AFTER_IDLE_S = 1.0
 class AudioStream:
     """One request's decoder and its queue of PCM chunks (consumed with `async for`)."""
 
-    def __init__(self, worker: "CodecWorker", loop: asyncio.AbstractEventLoop):
-        self.decoder = StreamDecoder()
+    def __init__(self, worker: "CodecWorker", loop: asyncio.AbstractEventLoop, decoder: StreamDecoder):
+        self.decoder = decoder
         self._worker = worker
         self._loop = loop
         self._queue: asyncio.Queue = asyncio.Queue()
@@ -81,8 +81,12 @@ class CodecWorker:
         self._thread = threading.Thread(target=self._run, name="orpheus-codec", daemon=True)
         self._thread.start()
 
-    def open(self) -> AudioStream:
-        stream = AudioStream(self, asyncio.get_running_loop())
+    def open(self, noise_key: int | None = None, *, whole_file: bool = False) -> AudioStream:
+        """A new stream. noise_key seeds its codec noise (None: fresh noise). whole_file: its audio is
+        returned whole, so it is decoded in fixed windows, the same bytes on every run (see
+        StreamDecoder.whole_file); otherwise in windows paced to reach the listener early."""
+        decoder = StreamDecoder.whole_file(noise_key) if whole_file else StreamDecoder(noise_key=noise_key)
+        stream = AudioStream(self, asyncio.get_running_loop(), decoder)
         with self._lock:
             self._streams.append(stream)
         return stream

@@ -33,7 +33,7 @@ class GuardLimits:
 
 
 class Runaway(Exception):
-    """A guard fired: `guard` is its name (budget, repeat or silence)."""
+    """A guard fired: `guard` is its name (budget, repeat, silence, or length: max_new_tokens reached)."""
 
     def __init__(self, guard: str, detail: str):
         super().__init__(f"{guard} guard: {detail}")

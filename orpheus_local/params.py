@@ -19,6 +19,8 @@ RANGES = {
     "max_new_tokens": (100, 2000),
     "repetition_penalty": (1.0, 2.0),
 }
+# Optional: absent means no top-k (as the official vLLM path; transformers' generate() would apply 50).
+TOP_K_RANGE = (1, 4096)
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,7 @@ class SynthesisParams:
     max_new_tokens: int = 1200
     repetition_penalty: float = 1.1
     seed: int | None = None
+    top_k: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.text, str):
@@ -52,6 +55,8 @@ class SynthesisParams:
             value = getattr(self, name)
             kind = int if name == "max_new_tokens" else float
             object.__setattr__(self, name, _check_number(name, value, kind, lo, hi))
+        if self.top_k is not None:
+            object.__setattr__(self, "top_k", _check_number("top_k", self.top_k, int, *TOP_K_RANGE))
         if self.seed is not None:
             if isinstance(self.seed, bool) or not isinstance(self.seed, int):
                 raise ValueError("seed: must be an integer")

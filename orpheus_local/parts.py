@@ -10,6 +10,13 @@ a part waiting its turn can always be redone, as can the part being listened to 
 chunk is out. Audio already sent cannot be taken back, so a guard firing on a part being heard
 ends that part there (a budget runaway is cut at the budget), and so does a guard firing on the
 second attempt. First-audio latency is that of one generation, as without guards.
+
+Audio returned whole (a file) must not depend on timing: such a part hands out no chunk before all
+its attempts are over (so whether it can be redone never depends on how fast the listener reads),
+decodes in fixed windows, and stops a repeat at the very frame where the guard fired.
+
+A part that reaches max_new_tokens without end_of_speech is cut there, as the client's cap says; it
+is reported as the "length" guard, so that such cuts are seen and counted, never silent.
 """
 
 from __future__ import annotations
@@ -53,7 +60,8 @@ class Part:
     """One part's generation, started by start(); its PCM chunks wait in a queue until chunks()."""
 
     def __init__(self, synth: "Synthesizer", params: SynthesisParams, request_id: str, index: int, *,
-                 limits: GuardLimits | None, ignore_eos: bool = False, on_guard: GuardListener | None = None):
+                 limits: GuardLimits | None, ignore_eos: bool = False, on_guard: GuardListener | None = None,
+                 whole_file: bool = False):
         self.synth = synth
         self.params = params
         self.request_id = request_id
@@ -61,6 +69,7 @@ class Part:
         self.limits = limits  # None: no guards
         self.ignore_eos = ignore_eos
         self.on_guard = on_guard
+        self.whole_file = whole_file
         self._queue: asyncio.Queue = asyncio.Queue()  # PCM chunks, then _END or the error
         self._heard = False  # a chunk has been handed out: the part can no longer be redone
         self._task: asyncio.Task | None = None
@@ -69,6 +78,8 @@ class Part:
         self._task = asyncio.create_task(self._run(), name=f"part-{self.request_id}-{self.index}")
 
     async def chunks(self) -> AsyncIterator[np.ndarray]:
+        if self.whole_file and self._task is not None:
+            await asyncio.wait([self._task])  # every attempt over: nothing read can be taken back
         while (item := await self._queue.get()) is not _END:
             if isinstance(item, BaseException):
                 raise item
@@ -91,6 +102,9 @@ class Part:
                 runaway = await self._attempt(attempt)
                 if runaway is None:
                     break
+                if runaway.guard == "length":  # the client's own cap: cut, counted, never redone
+                    self._report(runaway, "truncate")
+                    break
                 again = attempt + 1 < ATTEMPTS and not self._heard
                 self._report(runaway, "regenerate" if again else "truncate")
                 if not again:
@@ -106,7 +120,7 @@ class Part:
         """Generate and decode the part once, queueing its chunks; the guard that fired, if one did."""
         params = self.params.replace(seed=part_seed(self.params.seed, self.index, attempt))
         engine_id = self.request_id if self.index == attempt == 0 else f"{self.request_id}-{self.index}.{attempt}"
-        audio = self.synth.codec_worker.open()
+        audio = self.synth.codec_worker.open(params.seed, whole_file=self.whole_file)
         feeder = asyncio.create_task(self._feed(audio, params, engine_id))
         silence = SilenceWatch(self.limits) if self.limits else None
         try:
@@ -135,19 +149,23 @@ class Part:
                     generated += len(ids)
                     pending.extend(ids)
                     whole = len(pending) // fmt.FRAME_TOKENS * fmt.FRAME_TOKENS
-                    if whole:
-                        frames = fmt.ids_to_frames(pending[:whole])
-                        del pending[:whole]
-                        audio.push(frames)
-                        if repeats and (runaway := repeats.push(frames)):
+                    # Frame by frame: a repeat stops at the frame that fired, however ids were batched.
+                    for frame in fmt.ids_to_frames(pending[:whole]):
+                        audio.push(frame)
+                        if repeats and (runaway := repeats.push(frame[None])):
                             break
+                    del pending[:whole]
+                    if runaway:
+                        break
         except BaseException as exc:
             audio.error = exc
             audio.close()
             raise
         audio.finish()  # an incomplete last frame (cut by max_new_tokens) is dropped
-        if budget and generated >= budget and runaway is None:  # the engine stopped it at the budget
+        if runaway is None and budget and generated >= budget:  # the engine stopped it at the budget
             runaway = Runaway("budget", f"no end_of_speech within {budget} tokens")
+        if runaway is None and not self.ignore_eos and generated >= params.max_new_tokens:
+            runaway = Runaway("length", f"no end_of_speech within max_new_tokens={params.max_new_tokens}")
         return runaway
 
     def _report(self, runaway: Runaway, action: str) -> None:

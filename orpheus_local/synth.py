@@ -24,7 +24,7 @@ from .crossfade import CROSSFADE_SAMPLES
 from .guards import GuardLimits
 from .params import SynthesisParams
 from .parts import GuardListener, Part, join_parts
-from .text import MAX_PART_CHARS, split_text
+from .text import part_chars, split_text
 
 log = logging.getLogger(__name__)
 
@@ -87,23 +87,27 @@ class Synthesizer:
 
     async def stream(
         self, params: SynthesisParams, request_id: str | None = None, *, ignore_eos: bool = False,
-        on_guard: GuardListener | None = None,
+        on_guard: GuardListener | None = None, whole_file: bool = False,
     ) -> AsyncIterator[np.ndarray]:
         """float32 mono PCM chunks at 24 kHz, in order, as frames are generated.
 
-        Text longer than one part is split at sentences and the parts' audio is joined with a
-        crossfade (parts.py). Each part is guarded against running away, and on_guard is told when a
-        guard fires; ignore_eos, which forces every part to max_new_tokens, turns the guards off.
+        Text longer than one part (part_chars(max_new_tokens)) is split at sentences and the parts'
+        audio is joined with a crossfade (parts.py). Each part is guarded against running away, and
+        on_guard is told when a guard fires; ignore_eos, which forces every part to max_new_tokens,
+        turns the guards off. whole_file: the caller returns the audio as one file, so it is made
+        independent of timing and of other requests (a seeded request gives the same samples on
+        every run), at the cost of first-chunk latency.
         """
         request_id = request_id or uuid.uuid4().hex
-        if len(params.text) <= MAX_PART_CHARS:
+        max_chars = part_chars(params.max_new_tokens)
+        if len(params.text) <= max_chars:
             texts = [params.text]
         else:  # the segmenter takes up to half a second on the longest texts: off the event loop
-            texts = await asyncio.to_thread(split_text, params.text)
+            texts = await asyncio.to_thread(split_text, params.text, max_chars)
         limits = None if ignore_eos else self.guard_limits
         parts = [
             Part(self, params.replace(text=text), request_id, i, limits=limits, ignore_eos=ignore_eos,
-                 on_guard=on_guard)
+                 on_guard=on_guard, whole_file=whole_file)
             for i, text in enumerate(texts)
         ]
         async with aclosing(join_parts(parts, CROSSFADE_SAMPLES)) as audio:
@@ -111,7 +115,8 @@ class Synthesizer:
                 yield pcm
 
     async def synthesize(self, params: SynthesisParams, request_id: str | None = None, **kw) -> np.ndarray:
-        chunks = [c async for c in self.stream(params, request_id, **kw)]
+        """The whole audio at once: a seeded request gives the same samples on every run."""
+        chunks = [c async for c in self.stream(params, request_id, whole_file=True, **kw)]
         return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
 
     def stats(self) -> dict:

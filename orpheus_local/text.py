@@ -3,8 +3,8 @@
 One Orpheus generation drifts on long inputs and is capped by max_new_tokens (1200 tokens is about
 14.6 s), so long text is split at sentence boundaries (pysbd's rule-based segmenter: abbreviations,
 decimals and quotes do not end a sentence) and the sentences are packed into parts of at most
-MAX_PART_CHARS. A sentence longer than that is cut at a clause mark or a space. No cut ever falls
-inside a tag.
+part_chars(max_new_tokens) characters. A sentence longer than that is cut at a clause mark or a
+space. No cut ever falls inside a tag.
 """
 
 from __future__ import annotations
@@ -12,15 +12,22 @@ from __future__ import annotations
 import re
 from bisect import bisect_left, bisect_right
 
+from .format import TOKENS_PER_SECOND
+
 # The emotive tags the fine-tuned model was trained with; any other tag is read aloud as words.
 SUPPORTED_TAGS = ("laugh", "chuckle", "sigh", "cough", "sniffle", "groan", "yawn", "gasp")
 # Anything in angle brackets without spaces: also catches the tokenizer's special tokens
 # (<|eot_id|>, <custom_token_N>), which would otherwise break the prompt.
 TAG = re.compile(r"<([^<>\s]+)>")
 
-# Orpheus speaks about 15 characters a second: 200 characters take about 13 s, inside the
-# default max_new_tokens (1200 tokens, 14.6 s).
+# Longer parts drift even when max_new_tokens would allow them.
 MAX_PART_CHARS = 200
+# A part must fit its token budget even when spoken slowly: Orpheus speaks about 15 characters a
+# second, but slow voices, tags and pauses take it well below that. Sized at 10 characters a second
+# with a second for breaths at either end, the default 1200 tokens (14.6 s) give 136 characters.
+SLOW_CHARS_PER_SECOND = 10.0
+EDGE_SECONDS = 1.0
+MIN_PART_CHARS = 16  # a few words: below that a part would cut words, whatever its budget
 _CLAUSE_END = re.compile(r"[,;:\u2013\u2014)](?=\s)")  # , ; : en dash, em dash, closing parenthesis
 _SPACE = re.compile(r"\s")
 
@@ -31,6 +38,12 @@ def check_tags(text: str) -> None:
         if match.group(1) not in SUPPORTED_TAGS:
             known = " ".join(f"<{tag}>" for tag in SUPPORTED_TAGS)
             raise ValueError(f"text: unsupported tag {match.group(0)}; the supported tags are {known}")
+
+
+def part_chars(max_new_tokens: int) -> int:
+    """The longest part that max_new_tokens can speak at a slow pace (MIN..MAX_PART_CHARS)."""
+    seconds = max_new_tokens / TOKENS_PER_SECOND - EDGE_SECONDS
+    return max(MIN_PART_CHARS, min(MAX_PART_CHARS, int(seconds * SLOW_CHARS_PER_SECOND)))
 
 
 def split_text(text: str, max_chars: int = MAX_PART_CHARS) -> list[str]:

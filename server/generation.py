@@ -11,7 +11,9 @@ from typing import AsyncIterator, Callable
 
 import numpy as np
 
-from orpheus_local.audio import SAMPLE_RATE, StreamEncoder
+from fastapi import Request
+
+from orpheus_local.audio import SAMPLE_RATE, StreamEncoder, encode_audio
 from orpheus_local.errors import InputError, NotReadyError, QueueFullError
 from orpheus_local.memory import release_free_memory
 from orpheus_local.params import SynthesisParams
@@ -20,6 +22,7 @@ from orpheus_local.synth import Synthesizer
 from . import request_log
 from .errors import busy, generation_failed, invalid, not_ready
 from .metrics import Metrics
+from .streaming import unless_disconnected
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +60,10 @@ class Admission:
 
 
 async def pcm_chunks(
-    synth: Synthesizer, params: SynthesisParams, request_id: str, metrics: Metrics
+    synth: Synthesizer, params: SynthesisParams, request_id: str, metrics: Metrics, *, whole_file: bool = False
 ) -> AsyncIterator[np.ndarray]:
-    """synth.stream(), measured, with failures turned into ApiErrors (500s keep their trace in the log)."""
+    """synth.stream(), measured, with failures turned into ApiErrors (500s keep their trace in the log).
+    whole_file: the audio goes out as one file (same seed, same bytes); else it streams."""
     record = request_log.current()
     record.request_id = request_id
     start = time.perf_counter()
@@ -70,7 +74,7 @@ async def pcm_chunks(
 
     try:
         # aclosing: leaving early cancels the engine request now, not when the generator is collected
-        async with aclosing(synth.stream(params, request_id, on_guard=count_guard)) as stream:
+        async with aclosing(synth.stream(params, request_id, on_guard=count_guard, whole_file=whole_file)) as stream:
             async for pcm in stream:
                 if not samples and pcm.size:
                     record.ttfa_s = time.perf_counter() - start
@@ -101,6 +105,15 @@ async def collect(chunks: AsyncIterator[np.ndarray], on_first: Callable[[], None
                 on_first()
             pieces.append(pcm)
     return np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
+
+
+async def whole_file(request: Request, admission: Admission, chunks: AsyncIterator[np.ndarray], fmt: str,
+                     speed: float) -> bytes:
+    """One complete file in `fmt` (real header sizes), holding an admission place while generating;
+    a client that leaves cancels the generation."""
+    with admission.hold():
+        pcm = await unless_disconnected(request, collect(chunks))
+    return encode_audio(pcm, fmt, speed=speed)
 
 
 async def encoded(admission: Admission, chunks: AsyncIterator[np.ndarray], encoder: StreamEncoder) -> AsyncIterator[bytes]:

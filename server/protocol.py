@@ -9,7 +9,7 @@ from typing import Annotated, Literal, TypeVar
 from pydantic import BaseModel, BeforeValidator, Field, ValidationError
 
 from orpheus_local.audio import FORMATS, SPEED_MAX, SPEED_MIN
-from orpheus_local.params import DEFAULT_VOICE, RANGES, SynthesisParams
+from orpheus_local.params import DEFAULT_VOICE, RANGES, TOP_K_RANGE, SynthesisParams
 
 from .errors import SERVED_MODEL, invalid, text_too_long, unknown_model
 
@@ -41,6 +41,8 @@ class Sampling(BaseModel):
     max_new_tokens: Integer = _ranged("max_new_tokens", "most audio tokens to generate (7 per 2048 samples)")
     repetition_penalty: Number = _ranged("repetition_penalty", "penalty for repeated tokens")
     seed: Integer | None = Field(None, ge=0, le=2**63 - 1, description="seed for reproducible sampling (extension)")
+    top_k: Integer | None = Field(None, ge=TOP_K_RANGE[0], le=TOP_K_RANGE[1],
+                                  description="keep only the k most likely audio ids; absent: no top-k (extension)")
 
     def _synthesis_params(self, field: str, text: str, voice: str, max_chars: int) -> SynthesisParams:
         """The one mapping to SynthesisParams; its checks (empty text, unknown voice or tag) become
@@ -51,6 +53,7 @@ class Sampling(BaseModel):
             return SynthesisParams(
                 text=text, voice=voice, temperature=self.temperature, top_p=self.top_p,
                 max_new_tokens=self.max_new_tokens, repetition_penalty=self.repetition_penalty, seed=self.seed,
+                top_k=self.top_k,
             )
         except ValueError as exc:
             raise invalid(str(exc)) from None
@@ -77,10 +80,14 @@ class SpeechRequest(Sampling):
     response_format: Literal[tuple(FORMATS)] = Field("mp3", description="audio encoding")
     speed: Number = Field(1.0, ge=SPEED_MIN, le=SPEED_MAX, description="playback speed factor")
     stream_format: Literal["audio", "sse"] = Field("audio", description="raw audio bytes or server-sent events")
+    stream: bool = Field(True, description="false: one complete file with its real sizes, sent when done; "
+                         "a seeded request then gives the same bytes on every run (extension)")
 
     def synthesis_params(self, max_chars: int) -> SynthesisParams:
         if self.model not in SPEECH_MODELS:
             raise unknown_model(self.model)
+        if not self.stream and self.stream_format == "sse":
+            raise invalid("stream: server-sent events are a stream; stream false needs stream_format audio")
         return self._synthesis_params("input", self.input, self.voice, max_chars)
 
 

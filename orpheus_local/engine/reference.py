@@ -1,7 +1,7 @@
 """Reference generation with transformers `generate()`: the correctness oracle and the baseline.
 
 One request at a time. Sampling follows the request exactly: repetition penalty over prompt and
-generated ids, then the Orpheus frame constraint, then temperature, then top_p.
+generated ids, then the Orpheus frame constraint, then temperature, then top_k (when set), then top_p.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from transformers import (
     StoppingCriteria,
     StoppingCriteriaList,
     TemperatureLogitsWarper,
+    TopKLogitsWarper,
     TopPLogitsWarper,
 )
 
@@ -78,6 +79,7 @@ class ReferenceGenerator:
             RepetitionPenaltyLogitsProcessor(params.repetition_penalty),
             FrameConstraint(len(prompt_ids), allow_stop=not ignore_eos),
             TemperatureLogitsWarper(params.temperature),
+            *([TopKLogitsWarper(params.top_k)] if params.top_k else []),
             TopPLogitsWarper(params.top_p),
         ])
         stopping = StoppingCriteriaList([CancelCriteria(cancelled)]) if cancelled else None

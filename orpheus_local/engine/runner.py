@@ -60,7 +60,8 @@ class ModelRunner:
             tokens[row, : len(r.prompt_ids)] = torch.tensor(r.prompt_ids)
             p = r.params
             self.sampler.reset(r.slot, temperature=p.temperature, top_p=p.top_p,
-                               repetition_penalty=p.repetition_penalty, seed=r.seed, prompt_ids=r.prompt_ids)
+                               repetition_penalty=p.repetition_penalty, top_k=p.top_k,
+                               allow_stop=not r.ignore_eos, seed=r.seed, prompt_ids=r.prompt_ids)
         slots = torch.tensor([r.slot for r in requests], device=self.device)
         lengths = torch.tensor([len(r.prompt_ids) for r in requests], device=self.device)
         hidden = self.model.prefill(self.cache, tokens.to(self.device), slots, torch.zeros_like(slots),

@@ -12,7 +12,9 @@ G = Hq // Hkv query heads per KV head, L cache positions attended.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,7 @@ from .. import format as fmt
 from ..checkpoint import CheckpointError, load_config
 from .kv_cache import KVCache
 
+log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class LlamaConfig:
@@ -210,9 +213,16 @@ class LlamaModel(nn.Module):
         config = LlamaConfig.from_dict(load_config(model_dir))
         if config.vocab_size <= fmt.AUDIO_LAST:
             raise CheckpointError(f"{model_dir}: vocabulary of {config.vocab_size} has no Orpheus audio ids")
+        tensors = _Tensors(model_dir)
+        if config.tie_word_embeddings and HEAD in tensors:
+            # A head stored beside a "tied" config is what the weights were trained with (transformers
+            # 5 loads it too); tying would silently replace it by the embedding table.
+            log.info("%s: config.json says tie_word_embeddings, but %s stores %s: using the stored head",
+                     model_dir, tensors.file(HEAD).name, HEAD)
+            config = dataclasses.replace(config, tie_word_embeddings=False)
         with torch.device("meta"):  # no memory and no random init for weights about to be replaced
             model = cls(config)
-        model.load_state_dict(_load_state(model_dir, config, device, dtype), assign=True)
+        model.load_state_dict(_load_state(tensors, config, device, dtype), assign=True)
         model.inv_freq = rope_inv_freq(config).to(device)
         return model.requires_grad_(False).eval()
 
@@ -302,18 +312,25 @@ class LlamaModel(nn.Module):
         return x
 
 
-def _load_state(model_dir: Path, config: LlamaConfig, device, dtype: torch.dtype) -> dict[str, Tensor]:
+HEAD = "lm_head.weight"
+
+
+def _load_state(tensors: "_Tensors", config: LlamaConfig, device, dtype: torch.dtype) -> dict[str, Tensor]:
     """The model's state dict from Hugging Face tensor names, q/k/v and gate/up fused."""
-    read = _tensor_reader(model_dir)
 
     def load(*names: str) -> Tensor:
-        parts = [read(name).to(device=device, dtype=dtype) for name in names]
+        parts = [tensors.read(name).to(device=device, dtype=dtype) for name in names]
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     state = {"embed_tokens.weight": load("model.embed_tokens.weight"),
              "norm.weight": load("model.norm.weight")}
     if not config.tie_word_embeddings:
-        state["lm_head.weight"] = load("lm_head.weight")
+        head = load(HEAD)
+        expected = (config.vocab_size, config.hidden_size)
+        if tuple(head.shape) != expected:
+            raise CheckpointError(f"{tensors.file(HEAD)}: {HEAD} has shape {list(head.shape)}, "
+                                  f"expected {list(expected)} (vocab_size, hidden_size in config.json)")
+        state["lm_head.weight"] = head
     for i in range(config.num_layers):
         src, dst = f"model.layers.{i}.", f"layers.{i}."
         attn, mlp = src + "self_attn.", src + "mlp."
@@ -326,19 +343,28 @@ def _load_state(model_dir: Path, config: LlamaConfig, device, dtype: torch.dtype
     return state
 
 
-def _tensor_reader(model_dir: Path):
-    """name -> CPU tensor as stored, over model.safetensors or the shards its index lists."""
-    index = model_dir / "model.safetensors.index.json"
-    if index.is_file():
-        where = json.loads(index.read_text())["weight_map"]
-    else:
-        with safe_open(str(model_dir / "model.safetensors"), framework="pt") as f:
-            where = dict.fromkeys(f.keys(), "model.safetensors")
-    files = {f: safe_open(str(model_dir / f), framework="pt", device="cpu") for f in set(where.values())}
+class _Tensors:
+    """A checkpoint's tensors by name, over model.safetensors or the shards its index lists."""
 
-    def read(name: str) -> Tensor:
-        if name not in where:
-            raise CheckpointError(f"{model_dir}: checkpoint has no tensor {name!r}")
-        return files[where[name]].get_tensor(name)
+    def __init__(self, model_dir: Path):
+        self.model_dir = model_dir
+        index = model_dir / "model.safetensors.index.json"
+        if index.is_file():
+            self._where = json.loads(index.read_text())["weight_map"]
+        else:
+            with safe_open(str(model_dir / "model.safetensors"), framework="pt") as f:
+                self._where = dict.fromkeys(f.keys(), "model.safetensors")
+        self._files = {f: safe_open(str(model_dir / f), framework="pt", device="cpu")
+                       for f in set(self._where.values())}
 
-    return read
+    def __contains__(self, name: str) -> bool:
+        return name in self._where
+
+    def file(self, name: str) -> Path:
+        return self.model_dir / self._where[name]
+
+    def read(self, name: str) -> Tensor:
+        """The tensor as stored, on the CPU."""
+        if name not in self._where:
+            raise CheckpointError(f"{self.model_dir}: checkpoint has no tensor {name!r}")
+        return self._files[self._where[name]].get_tensor(name)

@@ -1,8 +1,9 @@
 """Batched constrained sampling: one call picks the next id of every running slot.
 
 Works on LlamaModel.audio_logits' [B, 4097] columns (the 4096 audio ids of the row's frame position,
-then end_of_speech), in transformers' order: repetition penalty, temperature, top-p (keeping at least
-one id), then a draw. end_of_speech is allowed only at a frame boundary.
+then end_of_speech), in transformers' order: repetition penalty, temperature, top-k (when set), top-p
+(keeping at least one id), then a draw. end_of_speech is allowed only at a frame boundary, and never
+for a request whose length is forced (ignore_eos).
 
 The draw is Gumbel-max with counter-based noise: noise(seed, step, column) is a pure hash, so a
 request with a given seed gets the same ids alone or beside any other requests, in any row order.
@@ -18,14 +19,12 @@ import torch
 from torch import Tensor
 
 from .. import format as fmt
+from ..counter_rng import M32, mix32, seed_key
 
 COLUMNS = fmt.CODEBOOK_SIZE + 1  # per row: 4096 audio ids + end_of_speech
 STOP_COLUMN = fmt.CODEBOOK_SIZE
 AUDIO_IDS = fmt.FRAME_TOKENS * fmt.CODEBOOK_SIZE
 SEEN_STOP = AUDIO_IDS  # index of end_of_speech in the presence mask, after the 7*4096 audio ids
-
-_M32 = 0xFFFFFFFF
-
 
 class Sampler:
     """Per-slot sampling parameters, seeds, step counters and presence masks."""
@@ -34,6 +33,8 @@ class Sampler:
         self.temperature = torch.ones(num_slots, device=device)
         self.top_p = torch.ones(num_slots, device=device)
         self.penalty = torch.ones(num_slots, device=device)
+        self.top_k = torch.full((num_slots,), COLUMNS, dtype=torch.int64, device=device)  # COLUMNS: no top-k
+        self.allow_stop = torch.ones(num_slots, dtype=torch.bool, device=device)
         self.seed = torch.zeros(num_slots, dtype=torch.int64, device=device)
         self.step = torch.zeros(num_slots, dtype=torch.int64, device=device)  # ids sampled so far
         # seen[s, i]: audio id AUDIO_BASE + i (or end_of_speech at SEEN_STOP) is in slot s's prompt or
@@ -41,12 +42,16 @@ class Sampler:
         self.seen = torch.zeros(num_slots, AUDIO_IDS + 1, dtype=torch.bool, device=device)
 
     def reset(self, slot: int, *, temperature: float, top_p: float, repetition_penalty: float,
-              seed: int | None = None, prompt_ids: Iterable[int] = ()) -> int:
-        """Start a new request in `slot`; returns its seed (a random one when seed is None)."""
+              top_k: int | None = None, allow_stop: bool = True, seed: int | None = None,
+              prompt_ids: Iterable[int] = ()) -> int:
+        """Start a new request in `slot`; returns its seed (a random one when seed is None).
+        allow_stop=False: end_of_speech is never picked (a forced length)."""
         seed = secrets.randbits(63) if seed is None else seed
         self.temperature[slot] = temperature
         self.top_p[slot] = top_p
         self.penalty[slot] = repetition_penalty
+        self.top_k[slot] = top_k or COLUMNS
+        self.allow_stop[slot] = allow_stop
         self.seed[slot] = seed
         self.step[slot] = 0
         self.seen[slot] = False
@@ -63,8 +68,8 @@ class Sampler:
         """logits [B, 4097] -> float32 scores the draw samples from; ids that may not be picked are -inf."""
         scores = logits.float()
         is_stop = torch.arange(COLUMNS, device=scores.device) == STOP_COLUMN
-        off_frame_stop = is_stop & (frame_pos[:, None] != 0)  # [B, 4097]
-        scores = scores.masked_fill(off_frame_stop, float("-inf"))
+        no_stop = (frame_pos != 0) | ~self.allow_stop[slots]  # [B]
+        scores = scores.masked_fill(is_stop & no_stop[:, None], float("-inf"))
 
         seen = self.seen[slots[:, None], _presence_columns(frame_pos)]  # [B, 4097]
         penalty = self.penalty[slots, None]
@@ -72,9 +77,13 @@ class Sampler:
 
         scores = scores / self.temperature[slots, None]
 
-        # Top-p: drop the least likely ids while the mass dropped stays within 1 - top_p.
         ascending, order = scores.sort(dim=-1)
-        dropped = ascending.softmax(dim=-1).cumsum(dim=-1) <= 1 - self.top_p[slots, None]
+        # Top-k: drop every id below the k-th highest score (ties with it stay, as in transformers).
+        kth = ascending.gather(1, COLUMNS - self.top_k[slots, None])
+        below_k = ascending < kth
+        ascending = ascending.masked_fill(below_k, float("-inf"))
+        # Top-p: drop the least likely ids while the mass dropped stays within 1 - top_p.
+        dropped = below_k | (ascending.softmax(dim=-1).cumsum(dim=-1) <= 1 - self.top_p[slots, None])
         dropped[:, -1] = False  # always keep the most likely id
         return scores.masked_fill(dropped.scatter(1, order, dropped), float("-inf"))
 
@@ -106,26 +115,7 @@ def _presence_columns(frame_pos: Tensor) -> Tensor:
 
 def gumbel_noise(seed: Tensor, step: Tensor, columns: int) -> Tensor:
     """[B, columns] float32 standard Gumbel noise, a pure function of (seed, step, column)."""
-    h = _mix32((seed & _M32) ^ 0x9E3779B9)
-    h = _mix32(h ^ (seed >> 32))  # seeds are non-negative: >> is a logical shift here
-    h = _mix32(h ^ (step & _M32))
-    h = _mix32(_mix32(h[:, None] ^ torch.arange(columns, device=seed.device)))
+    h = mix32(seed_key(seed, 0x9E3779B9) ^ (step & M32))
+    h = mix32(mix32(h[:, None] ^ torch.arange(columns, device=seed.device)))
     u = (h.double() + 0.5) / 2.0**32  # uniform in (0, 1), never 0 or 1
     return (-torch.log(-torch.log(u))).float()
-
-
-def _mix32(x: Tensor) -> Tensor:
-    """A 32-bit integer hash (lowbias32) on int64 tensors holding values in [0, 2**32)."""
-    x = x ^ (x >> 16)
-    x = _mul32(x, 0x7FEB352D)
-    x = x ^ (x >> 15)
-    x = _mul32(x, 0x846CA68B)
-    return x ^ (x >> 16)
-
-
-def _mul32(x: Tensor, c: int) -> Tensor:
-    """(x * c) mod 2**32 for x < 2**32 without int64 overflow: c is split into 16-bit halves so every
-    product stays below 2**48."""
-    low = x * (c & 0xFFFF)
-    high = ((x * (c >> 16)) & 0xFFFF) << 16
-    return (low + high) & _M32

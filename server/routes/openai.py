@@ -11,11 +11,11 @@ from typing import AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from orpheus_local.audio import FORMATS, StreamEncoder
+from orpheus_local.audio import FORMATS, StreamEncoder, audio_format
 from orpheus_local.params import DEFAULT_VOICE, VOICES
 
 from ..body import JSON, MULTIPART, read_fields
-from ..generation import encoded, pcm_chunks
+from ..generation import encoded, pcm_chunks, whole_file
 from ..protocol import SPEECH_MODELS, SpeechRequest, openapi_body, parse
 from ..state import State
 from ..streaming import start_stream
@@ -35,9 +35,13 @@ async def speech(request: Request, state: State) -> Response:
     body = parse(SpeechRequest, await read_fields(request, state.settings.max_body_bytes))
     params = body.synthesis_params(state.settings.max_text_chars)
     request_id = uuid.uuid4().hex
+    headers = {"X-Request-Id": request_id}
+    if not body.stream:
+        chunks = pcm_chunks(synth, params, request_id, state.metrics, whole_file=True)
+        audio = await whole_file(request, state.admission, chunks, body.response_format, body.speed)
+        return Response(audio, media_type=audio_format(body.response_format).content_type, headers=headers)
     encoder = StreamEncoder(body.response_format, speed=body.speed)
     audio = encoded(state.admission, pcm_chunks(synth, params, request_id, state.metrics), encoder)
-    headers = {"X-Request-Id": request_id}
     if body.stream_format == "sse":
         return await start_stream(_sse_events(audio), "text/event-stream", headers)
     return await start_stream(audio, encoder.content_type, headers)

@@ -8,16 +8,16 @@ import uuid
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from orpheus_local.audio import StreamEncoder, encode_audio
+from orpheus_local.audio import StreamEncoder
 
 from ..auth import CLIENT_KEY
 from ..body import JSON, MULTIPART, read_fields
 from ..errors import SERVED_MODEL, ApiError
-from ..generation import collect, encoded, pcm_chunks
+from ..generation import encoded, pcm_chunks, whole_file
 from ..jobs import COMPLETED, FAILED, Job
 from ..protocol import SegmindRequest, openapi_body, parse
 from ..state import State
-from ..streaming import start_stream, unless_disconnected
+from ..streaming import start_stream
 
 router = APIRouter(tags=["Segmind"])
 
@@ -37,16 +37,15 @@ async def synthesize(request: Request, state: State) -> Response:
     params = body.synthesis_params(state.settings.max_text_chars)
     request_id = uuid.uuid4().hex
     started = time.perf_counter()
-    chunks = pcm_chunks(synth, params, request_id, state.metrics)
+    chunks = pcm_chunks(synth, params, request_id, state.metrics, whole_file=not body.stream)
     headers = {"X-Remaining-Credits": str(state.settings.remaining_credits), "X-Request-Id": request_id}
     if body.stream:
         # The generation time is unknown when the headers leave, so a stream goes without it.
         encoder = StreamEncoder("wav", speed=body.speed)
         return await start_stream(encoded(state.admission, chunks, encoder), encoder.content_type, headers)
-    with state.admission.hold():
-        pcm = await unless_disconnected(request, collect(chunks))
+    audio = await whole_file(request, state.admission, chunks, "wav", body.speed)
     headers["X-Generation-Time"] = f"{time.perf_counter() - started:.3f}"
-    return Response(encode_audio(pcm, "wav", speed=body.speed), media_type="audio/wav", headers=headers)
+    return Response(audio, media_type="audio/wav", headers=headers)
 
 
 @router.post(f"/v2/{SERVED_MODEL}", summary="submit a job; poll its status_url, then fetch its response_url",
@@ -55,7 +54,7 @@ async def submit(request: Request, state: State) -> dict:
     synth = state.synthesizer()
     body = await _read(request, state)
     params = body.synthesis_params(state.settings.max_text_chars)
-    job = state.jobs.submit(lambda job_id: pcm_chunks(synth, params, job_id, state.metrics), speed=body.speed,
+    job = state.jobs.submit(lambda job_id: pcm_chunks(synth, params, job_id, state.metrics, whole_file=True), speed=body.speed,
                             owner=_client(request))
     status_url = str(request.url_for("job_status", request_id=job.id))
     return {
