@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from contextlib import aclosing
 from typing import TYPE_CHECKING, AsyncIterator, Callable
 
 import numpy as np
@@ -142,29 +141,33 @@ class Part:
         pending: list[int] = []
         generated = 0
         runaway = None
+        ids_stream = None
         try:
-            ids_stream = self.synth.stream_ids(params, engine_id, ignore_eos=self.ignore_eos, max_tokens=budget or 0)
-            async with aclosing(ids_stream):  # leaving the loop early cancels the engine request now
-                async for ids in ids_stream:
-                    generated += len(ids)
-                    pending.extend(ids)
-                    whole = len(pending) // fmt.FRAME_TOKENS * fmt.FRAME_TOKENS
-                    # Frame by frame: a repeat stops at the frame that fired, however ids were batched.
-                    for frame in fmt.ids_to_frames(pending[:whole]):
-                        audio.push(frame)
-                        if repeats and (runaway := repeats.push(frame[None])):
-                            break
-                    del pending[:whole]
-                    if runaway:
+            ids_stream = self.synth.submit_ids(params, engine_id, ignore_eos=self.ignore_eos,
+                                               max_tokens=budget or 0)
+            async for ids in ids_stream:
+                generated += len(ids)
+                pending.extend(ids)
+                whole = len(pending) // fmt.FRAME_TOKENS * fmt.FRAME_TOKENS
+                # Frame by frame: a repeat stops at the frame that fired, however ids were batched.
+                for frame in fmt.ids_to_frames(pending[:whole]):
+                    audio.push(frame)
+                    if repeats and (runaway := repeats.push(frame[None])):
                         break
+                del pending[:whole]
+                if runaway:
+                    break
         except BaseException as exc:
             audio.error = exc
             audio.close()
             raise
+        finally:
+            if ids_stream is not None:
+                ids_stream.cancel()  # leaving the loop early stops the engine request now
         audio.finish()  # an incomplete last frame (cut by max_new_tokens) is dropped
         if runaway is None and budget and generated >= budget:  # the engine stopped it at the budget
             runaway = Runaway("budget", f"no end_of_speech within {budget} tokens")
-        if runaway is None and not self.ignore_eos and generated >= params.max_new_tokens:
+        if runaway is None and not self.ignore_eos and ids_stream.finish_reason == "length":
             runaway = Runaway("length", f"no end_of_speech within max_new_tokens={params.max_new_tokens}")
         return runaway
 

@@ -68,6 +68,13 @@ class Synthesizer:
     def prompt_ids(self, params: SynthesisParams) -> list[int]:
         return fmt.build_prompt(self.tokenizer, params.text, params.voice)
 
+    def submit_ids(self, params: SynthesisParams, request_id: str | None = None, *, ignore_eos: bool = False,
+                   max_tokens: int = 0):
+        """Start one generation; its TokenStream yields whole frames of audio ids and, once done,
+        says why it ended (finish_reason). The caller must cancel() it if it stops reading early."""
+        return self.backend.submit(self.prompt_ids(params), params, request_id or uuid.uuid4().hex,
+                                   ignore_eos=ignore_eos, max_tokens=max_tokens)
+
     async def stream_ids(
         self, params: SynthesisParams, request_id: str | None = None, *, ignore_eos: bool = False, max_tokens: int = 0
     ) -> AsyncIterator[list[int]]:
@@ -75,10 +82,7 @@ class Synthesizer:
 
         ignore_eos and max_tokens force a length: exactly max_new_tokens, or at most max_tokens.
         """
-        stream = self.backend.submit(
-            self.prompt_ids(params), params, request_id or uuid.uuid4().hex, ignore_eos=ignore_eos,
-            max_tokens=max_tokens,
-        )
+        stream = self.submit_ids(params, request_id, ignore_eos=ignore_eos, max_tokens=max_tokens)
         try:
             async for ids in stream:
                 yield ids

@@ -22,7 +22,7 @@ from orpheus_local.guards import GuardLimits, RepeatWatch, SilenceWatch, token_b
 from orpheus_local.params import SynthesisParams
 from orpheus_local.parts import WINDOW, part_seed
 from orpheus_local.synth import LoadedModel, Synthesizer
-from orpheus_local.text import split_text
+from orpheus_local.text import part_chars, split_text
 from server.app import build_app
 from server.settings import ServerSettings
 
@@ -213,7 +213,7 @@ async def test_a_5000_character_text_plays_its_parts_in_order_minus_the_crossfad
 
     events = []
     async with scripted(script) as (synth, backend):
-        params = SynthesisParams(text=text, voice="tara", max_new_tokens=100, seed=9)
+        params = SynthesisParams(text=text, voice="tara", max_new_tokens=2000, seed=9)  # 200-character parts
         pcm = await synth.synthesize(params, on_guard=lambda *event: events.append(event))
     assert [p.text for p in backend.submitted] == texts and len(texts) >= 25  # submitted in order
     assert [p.seed for p in backend.submitted] == [part_seed(9, i, 0) for i in range(len(texts))]
@@ -247,7 +247,7 @@ def two_parts(runaway_codes, retry_codes):
 async def test_a_runaway_part_not_yet_heard_is_generated_again_once(guard, runaway_codes, limits):
     events = []
     async with scripted(two_parts(runaway_codes, part_codes(2, 5)), limits) as (synth, backend):
-        params = SynthesisParams(text=f"{FIRST} {RUNAWAY}", max_new_tokens=300, seed=5)
+        params = SynthesisParams(text=f"{FIRST} {RUNAWAY}", max_new_tokens=2000, seed=5)  # 200-character parts
         pcm = await synth.synthesize(params, "req-1", on_guard=lambda *event: events.append(event))
     assert [p.text for p in backend.submitted] == [FIRST, RUNAWAY, RUNAWAY]
     assert backend.submitted[2].seed == part_seed(5, 1, 1) != backend.submitted[1].seed
@@ -259,7 +259,7 @@ async def test_a_part_that_runs_away_again_is_ended_where_the_guard_fires(caplog
     caplog.set_level(logging.WARNING)
     events = []
     async with scripted(two_parts([700] * 500, [800] * 500)) as (synth, _):
-        params = SynthesisParams(text=f"{FIRST} {RUNAWAY}", max_new_tokens=1000)
+        params = SynthesisParams(text=f"{FIRST} {RUNAWAY}", max_new_tokens=2000)
         pcm = await synth.synthesize(params, "req-2", on_guard=lambda *event: events.append(event))
     assert events == [("repeat", "regenerate"), ("repeat", "truncate")]
     repeats = GuardLimits().repeat_frames
@@ -290,8 +290,8 @@ def wav_samples(data: bytes) -> int:
 
 
 async def test_demo_model_joins_its_parts_with_the_crossfades(synthesizer):
-    text = f"{FIRST} And a second part."
-    assert len(split_text(text)) == 2
+    text = "Hello there. And a second."
+    assert len(split_text(text, part_chars(100))) == 2  # parts of 16 characters at most
     params = SynthesisParams(text=text, voice="tara", max_new_tokens=100, seed=3)
     pcm = await synthesizer.synthesize(params, ignore_eos=True)
     assert len(pcm) == 2 * 14 * FRAME - CROSSFADE_SAMPLES
@@ -308,8 +308,10 @@ async def test_forced_runaway_on_the_demo_model_fires_the_guard_once_and_complet
         response = await client.post(V1, json={"text": "Hi.", "voice": "tara", "max_new_tokens": 400, "seed": 3})
         metrics = app.state.server.metrics.registry
     assert response.status_code == 200, response.text
-    assert wav_samples(response.content) == budget // 7 * FRAME  # the part being heard ends at its budget
-    assert metrics.get_sample_value("orpheus_guard_fired_total", {"guard": "budget", "action": "truncate"}) == 1
+    # A whole file is heard only when complete: the part is generated again, then ends at its budget.
+    assert wav_samples(response.content) == budget // 7 * FRAME
+    for action in ("regenerate", "truncate"):
+        assert metrics.get_sample_value("orpheus_guard_fired_total", {"guard": "budget", "action": action}) == 1
     request_id = response.headers["x-request-id"]
     assert [r for r in caplog.records if request_id in r.getMessage() and "budget guard" in r.getMessage()]
 
@@ -322,7 +324,7 @@ class ToneSynth:
 
     SECONDS = 36 * FRAME / 24000
 
-    async def stream(self, params, request_id=None, on_guard=None):
+    async def stream(self, params, request_id=None, on_guard=None, whole_file=False):
         t = np.arange(36 * FRAME) / 24000
         for chunk in np.split((0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 36):
             yield chunk

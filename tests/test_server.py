@@ -55,7 +55,7 @@ class FakeSynth:
         self.started = asyncio.Event()
         self.closed = asyncio.Event()
 
-    async def stream(self, params, request_id=None, on_guard=None):
+    async def stream(self, params, request_id=None, on_guard=None, whole_file=False):
         self.started.set()
         try:
             if self.error is not None:

@@ -113,17 +113,18 @@ class Engine:
         if request.first_token_at is None:
             request.first_token_at = now
         if token == fmt.END_OF_SPEECH:
-            self._finish(request, Status.FINISHED)
+            self._finish(request, Status.FINISHED, reason="stop")
             return
         request.generated.append(token)
         if len(request.generated) % fmt.FRAME_TOKENS == 0:
             request.stream.put(request.generated[-fmt.FRAME_TOKENS:])  # consumers want whole frames
         if request.budget_left() <= 0:
-            self._finish(request, Status.FINISHED)
+            self._finish(request, Status.FINISHED, reason="length")
 
-    def _finish(self, request: Request, status: Status, error: BaseException | None = None) -> None:
+    def _finish(self, request: Request, status: Status, error: BaseException | None = None,
+                reason: str | None = None) -> None:
         if request.status is not Status.RUNNING:  # already finished earlier in this step
             return
         self.scheduler.release(request, status)
         self.runner.release(request)
-        request.stream.finish(error)
+        request.stream.finish(error, reason)

@@ -131,12 +131,15 @@ class _StreamerToTokenStream:
     def __init__(self, stream):
         self.stream = stream
         self._prompt_seen = False
+        self.stopped = False  # end_of_speech was sampled
 
     def put(self, value: torch.Tensor) -> None:
         if not self._prompt_seen:  # generate() first hands over the prompt
             self._prompt_seen = True
             return
-        ids = [i for i in value.reshape(-1).tolist() if fmt.is_audio_id(i)]
+        values = value.reshape(-1).tolist()
+        self.stopped = self.stopped or fmt.END_OF_SPEECH in values
+        ids = [i for i in values if fmt.is_audio_id(i)]
         if ids:
             self.stream.put(ids)
 
@@ -179,11 +182,12 @@ class ReferenceBackend:
                 continue
             self._running = 1
             try:
+                streamer = _StreamerToTokenStream(stream)
                 self.generator.generate(
                     prompt_ids, params, ignore_eos=ignore_eos, max_tokens=max_tokens,
-                    streamer=_StreamerToTokenStream(stream), cancelled=stream.cancelled,
+                    streamer=streamer, cancelled=stream.cancelled,
                 )
-                stream.finish()
+                stream.finish(reason=None if stream.cancelled.is_set() else "stop" if streamer.stopped else "length")
             except Exception as exc:  # one failing request must not stop the worker
                 stream.finish(exc)
             finally:

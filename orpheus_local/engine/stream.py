@@ -20,13 +20,15 @@ class TokenStream:
         self.cancelled = threading.Event()
         self._queue: asyncio.Queue = asyncio.Queue()
         self.error: BaseException | None = None
+        # Why the generation ended, once it has: "stop" (end_of_speech) or "length" (its token cap).
+        self.finish_reason: str | None = None
 
     # --- producer side (any thread) ---
     def put(self, ids: list[int]) -> None:
         self._send(ids)
 
-    def finish(self, error: BaseException | None = None) -> None:
-        self.error = error
+    def finish(self, error: BaseException | None = None, reason: str | None = None) -> None:
+        self.error, self.finish_reason = error, reason
         self._send(_END)
 
     def _send(self, item) -> None:
