@@ -34,7 +34,7 @@ from orpheus_local.audio import encode_audio, wav_stream_header
 from soak.process import free_port
 
 KEY = "bench-test-key"
-TEXT = "Hello there, this is a benchmark."
+TEXT = "Hello, bench!"  # one part at 100 tokens: 14 frames of audio
 SHORT = ["--max-new-tokens", "100", "--seed", "1", "--timeout", "60"]  # the API's shortest generation
 
 
@@ -83,9 +83,11 @@ def segmind_run(server, tmp_path_factory):
 def openai_run(server, tmp_path_factory):
     """OpenAI route, mp3 in server-sent events: decoded with PyAV, no playback accounting."""
     out = tmp_path_factory.mktemp("openai")
+    text_file = out / "texts.txt"
+    text_file.write_text(f"{TEXT}\n")
     return out, *_bench(["--base-url", f"{server}/v1", "--api", "openai", "--api-key", KEY, "--format", "mp3",
                          "--stream-format", "sse", "--concurrency", "2", "--requests", "2", "--warmup", "0",
-                         "--out", str(out), *SHORT])
+                         "--text-file", str(text_file), "--out", str(out), *SHORT])
 
 
 def _bench(argv: list[str]) -> tuple[int, str]:

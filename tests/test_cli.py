@@ -18,9 +18,10 @@ async def test_synth_writes_the_wav_the_engine_generates(demo_dirs, tmp_path, sy
     model_dir, snac_dir = demo_dirs
     out = tmp_path / "out.wav"
     result = run_cli("synth", "Hello <laugh> world", "--voice", "tara", "--weights", str(model_dir),
-                     "--snac", str(snac_dir), "--seed", "7", "--max-new-tokens", "150", "-o", str(out))
+                     "--snac", str(snac_dir), "--seed", "7", "--max-new-tokens", "250", "-o", str(out))
     assert result.returncode == 0, result.stderr
-    params = SynthesisParams(text="Hello <laugh> world", voice="tara", max_new_tokens=150, seed=7)
+    # 250 tokens speak the text in one part (part_chars), cut at max_new_tokens by the length guard
+    params = SynthesisParams(text="Hello <laugh> world", voice="tara", max_new_tokens=250, seed=7)
     ids = [i async for chunk in synthesizer.stream_ids(params) for i in chunk]
     with wave.open(str(out)) as w:
         assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (24000, 1, 2)
@@ -29,7 +30,7 @@ async def test_synth_writes_the_wav_the_engine_generates(demo_dirs, tmp_path, sy
 
 def test_demo_flag_runs_the_whole_pipeline(tmp_path):
     out = tmp_path / "demo.wav"
-    result = run_cli("synth", "Hello <laugh> world", "--demo", "-o", str(out), "--max-new-tokens", "100",
+    result = run_cli("synth", "Hello <laugh>", "--demo", "-o", str(out), "--max-new-tokens", "100",
                      env={"HOME": str(tmp_path)})
     assert result.returncode == 0, result.stderr
     with wave.open(str(out)) as w:

@@ -287,3 +287,14 @@ def test_a_stored_head_of_the_wrong_shape_is_a_load_error(tied_with_head):
     save_file(tensors, model_dir / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(CheckpointError, match=r"model\.safetensors: lm_head\.weight has shape"):
         LlamaModel.from_pretrained(model_dir, "cpu", torch.float32)
+
+
+async def test_length_cuts_are_counted_in_the_metrics(synthesizer):
+    from test_server import SHORT, V1, serve
+
+    async with serve(synthesizer) as (client, app):
+        response = await client.post(V1, json=SHORT)  # "Hello there.", 100 tokens: under the budget guard
+        registry = app.state.server.metrics.registry
+    assert response.status_code == 200
+    assert registry.get_sample_value("orpheus_guard_fired_total", {"guard": "length", "action": "truncate"}) == 1
+    assert registry.get_sample_value("orpheus_guard_fired_total", {"guard": "budget", "action": "regenerate"}) is None

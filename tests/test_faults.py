@@ -103,8 +103,9 @@ async def test_a_failing_generation_fails_alone_with_its_request_id(synthesizer,
         others = [asyncio.create_task(client.post(V1, json={**SHORT, "seed": seed, "max_new_tokens": 200}))
                   for seed in range(3)]
         await until(lambda: _running(synthesizer, 3), 10, "three generations running")
-        failed = await client.post(V1, json={**SHORT, "text": POISON})
-        streamed = await client.post(V1, json={**SHORT, "text": POISON, "stream": True})
+        # max_new_tokens high enough for the text to be one part (it fails before any audio anyway)
+        failed = await client.post(V1, json={**SHORT, "text": POISON, "max_new_tokens": 2000})
+        streamed = await client.post(V1, json={**SHORT, "text": POISON, "max_new_tokens": 2000, "stream": True})
         completed = await asyncio.gather(*others)
         assert app.state.server.admission.count == 0
     print(f"\nfailure at {where}: {failed.status_code} and {streamed.status_code} (streamed) for the failing "
