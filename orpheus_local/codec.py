@@ -22,9 +22,7 @@ Driving many streams from one codec worker thread:
 from __future__ import annotations
 
 import contextlib
-import itertools
 import math
-import secrets
 import threading
 import time
 from collections import defaultdict
@@ -33,11 +31,11 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.nn.utils import parametrize
 
 from . import format as fmt
-from .counter_rng import mix32, normal, seed_key
+from .codec_noise import SeededNoise, new_noise_key
 
 FRAME_SECONDS = fmt.SAMPLES_PER_FRAME / fmt.SAMPLE_RATE
 
@@ -136,74 +134,6 @@ def _bake_weight_norm(model: nn.Module) -> None:
     for module in model.modules():
         if parametrize.is_parametrized(module, "weight"):
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
-
-
-def new_noise_key() -> int:
-    """A fresh noise seed, for a stream whose request gave none."""
-    return secrets.randbits(63)
-
-
-class SeededNoise:
-    """The noise of every noise block of one SNAC decoder, computed for a whole decode call at once.
-
-    prepare() runs before each call: for each row (a window of W frames starting at frame f0 of its
-    stream, with the stream's key) and each block b, the noise at the block's step t is
-    normal(hash(key, b, f0 * steps_per_frame[b] + t)): one batched hash on the device, no loop
-    over frames. The blocks then read their slice.
-    """
-
-    _DOMAIN = 0x5EED_C0DE  # keeps codec noise independent of the sampler's noise from the same seed
-
-    def __init__(self, steps_per_frame: list[int], device: torch.device):
-        self.steps_per_frame = steps_per_frame
-        self.device = device
-        self.noise: list[Tensor] = []  # per block: [B, W * steps_per_frame[b]] float32
-
-    @classmethod
-    def install(cls, model: nn.Module, device: torch.device) -> "SeededNoise":
-        """Replace the model's NoiseBlocks by blocks that read from one SeededNoise, and return it."""
-        from snac.layers import DecoderBlock, NoiseBlock
-
-        # The latent has SAMPLES_PER_FRAME / prod(rates) steps per frame; each block upsamples it.
-        rates = list(model.decoder_rates)
-        steps = fmt.SAMPLES_PER_FRAME // math.prod(rates)
-        source = cls([], device)
-        for block in (m for m in model.modules() if isinstance(m, DecoderBlock)):
-            steps *= rates[len(source.steps_per_frame)]
-            layers = block.block
-            for i, layer in enumerate(layers):
-                if isinstance(layer, NoiseBlock):
-                    layers[i] = _NoiseFromSource(layer.linear, source, len(source.steps_per_frame))
-            source.steps_per_frame.append(steps)
-        return source
-
-    def prepare(self, keys: Sequence[int], first_frames: Sequence[int], frames: int) -> None:
-        dev = self.device
-        key = seed_key(torch.tensor(keys, dtype=torch.int64, device=dev), self._DOMAIN)  # [B]
-        counts = [frames * s for s in self.steps_per_frame]
-        block = torch.repeat_interleave(torch.arange(len(counts), device=dev), torch.tensor(counts, device=dev))
-        starts = torch.tensor([0, *itertools.accumulate(counts)][:-1], device=dev)
-        step = torch.arange(sum(counts), device=dev) - starts[block]  # [T]: step inside the window
-        per_frame = torch.tensor(self.steps_per_frame, device=dev)[block]
-        first = torch.tensor(first_frames, dtype=torch.int64, device=dev)
-        position = first[:, None] * per_frame + step  # [B, T]: absolute step in the stream
-        block_key = mix32(key[:, None] ^ torch.arange(len(counts), device=dev))  # [B, blocks]
-        h = mix32(mix32(block_key[:, block] ^ position))
-        self.noise = list(normal(h).split(counts, dim=1))
-
-
-class _NoiseFromSource(nn.Module):
-    """SNAC's NoiseBlock, x + linear(x) * noise, with the noise its SeededNoise prepared."""
-
-    def __init__(self, linear: nn.Module, source: SeededNoise, index: int):
-        super().__init__()
-        self.linear = linear
-        self.source = source
-        self.index = index
-
-    def forward(self, x: Tensor) -> Tensor:
-        noise = self.source.noise[self.index]  # [B, T]
-        return x + self.linear(x) * noise[:, None, :].to(x.dtype)
 
 
 def _remove_noise(model: nn.Module) -> None:
