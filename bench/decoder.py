@@ -26,10 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from orpheus_local import format as fmt  # noqa: E402
-from orpheus_local.checkpoint import load_snac  # noqa: E402
-from orpheus_local.codec import FRAME_SECONDS, SnacCodec, StreamDecoder, Window  # noqa: E402
-from orpheus_local.demo import build_demo_snac  # noqa: E402
+from orpheus_local import tokens as fmt  # noqa: E402
+from orpheus_local.audio.snac import SnacCodec  # noqa: E402
+from orpheus_local.audio.windows import FRAME_SECONDS, StreamDecoder, Window  # noqa: E402
+from orpheus_local.weights.checkpoint import load_snac  # noqa: E402
+from orpheus_local.weights.demo import build_demo_snac  # noqa: E402
 
 OFFICIAL_WINDOW = 4  # frames re-decoded for every new frame; samples 2048:4096 are kept
 

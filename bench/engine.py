@@ -37,15 +37,15 @@ def _peak_rss_mb() -> float:
 
 
 def _prompt(model_dir):
-    from orpheus_local import format as fmt
-    from orpheus_local.checkpoint import load_tokenizer
+    from orpheus_local import tokens as fmt
+    from orpheus_local.weights.checkpoint import load_tokenizer
 
     return fmt.build_prompt(load_tokenizer(model_dir), TEXT, "tara")
 
 
 def run_reference(model_dir: str, dtype: str, tokens: int, requests: int, repeats: int) -> dict:
-    from orpheus_local.engine.reference import ReferenceGenerator
     from orpheus_local.params import SynthesisParams
+    from orpheus_local.reference.generator import ReferenceGenerator
 
     gen = ReferenceGenerator.load(model_dir, "cpu", dtype)
     prompt = _prompt(model_dir)
@@ -72,12 +72,13 @@ def _result(times: list[float], produced: list[int]) -> dict:
 
 def run_engine(model_dir: str, dtype: str, tokens: int, requests: int, repeats: int) -> dict:
     from orpheus_local.config import EngineConfig
-    from orpheus_local.engine.engine import Engine
+    from orpheus_local.engine.core import EngineCore
+    from orpheus_local.engine.driver import EngineDriver
     from orpheus_local.params import SynthesisParams
 
     config = EngineConfig(model=model_dir, device="cpu", max_slots=max(requests, 1), max_prompt_tokens=128,
                           max_new_tokens=max(tokens, 100))
-    engine = Engine.load(config, model_dir, "cpu", dtype)
+    engine = EngineDriver(EngineCore.load(config, model_dir, "cpu", dtype)).start()
     prompt = _prompt(model_dir)
     params = SynthesisParams(text=TEXT, seed=0)
 
@@ -140,7 +141,7 @@ def main() -> None:
         print(json.dumps(fn(args.model_dir, args.dtype, args.tokens, args.requests, args.repeats)))
         return
 
-    from orpheus_local.demo import build_demo_model
+    from orpheus_local.weights.demo import build_demo_model
 
     work = Path(tempfile.mkdtemp(prefix="orpheus-bench-"))
     mini = str(build_demo_model(work / "mini", seed=0, shape="mini"))

@@ -22,11 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from bench.playback import percentile, playback  # noqa: E402
-from orpheus_local import format as fmt  # noqa: E402
+from orpheus_local import tokens as fmt  # noqa: E402
 from orpheus_local.config import EngineConfig  # noqa: E402
-from orpheus_local.demo import build_demo_model, build_demo_snac  # noqa: E402
 from orpheus_local.params import SynthesisParams  # noqa: E402
-from orpheus_local.synth import Synthesizer  # noqa: E402
+from orpheus_local.pipeline.synthesizer import Synthesizer  # noqa: E402
+from orpheus_local.weights.demo import build_demo_model, build_demo_snac  # noqa: E402
 
 TEXT = "Hey there, this is a longer sentence to measure how fast the server speaks <laugh> under load."
 
@@ -66,7 +66,6 @@ async def single_stream_speed(synth: Synthesizer, tokens: int, repeats: int) -> 
     rates, ttfas = [], []
     for i in range(repeats):
         params = SynthesisParams(text=TEXT, voice="tara", max_new_tokens=tokens, seed=100 + i)
-        start = time.perf_counter()
         first = None
         count = 0
         async for ids in synth.stream_ids(params, ignore_eos=True):

@@ -22,7 +22,16 @@ from tqdm import tqdm
 from .corpus import CORPUS, load_texts
 from .load import closed_loop, open_loop
 from .measure import measure
-from .report import CLOSED, OPEN, comparison, error_lines, level_label, realtime_capacity, summarize, table
+from .report import (
+    CLOSED,
+    OPEN,
+    comparison,
+    error_lines,
+    level_label,
+    realtime_capacity,
+    summarize,
+    table,
+)
 from .results_file import Level, Run, read_summaries, write_csv, write_json
 from .target import APIS, Target
 

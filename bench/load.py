@@ -15,16 +15,16 @@ Send = Callable[[int], Awaitable[T]]  # sends request number i and returns its r
 
 
 async def closed_loop(send: Send, concurrency: int, requests: int | None = None,
-                      duration: float | None = None) -> list[T]:
+                      duration: float | None = None, clock: Callable[[], float] = time.perf_counter) -> list[T]:
     """`concurrency` senders share the request numbers; results in request order."""
     _check_bound(requests, duration)
-    deadline = None if duration is None else time.perf_counter() + duration
+    deadline = None if duration is None else clock() + duration
     results: dict[int, T] = {}
     issued = 0
 
     async def sender() -> None:
         nonlocal issued
-        while (requests is None or issued < requests) and (deadline is None or time.perf_counter() < deadline):
+        while (requests is None or issued < requests) and (deadline is None or clock() < deadline):
             index, issued = issued, issued + 1
             results[index] = await send(index)
 
@@ -33,20 +33,22 @@ async def closed_loop(send: Send, concurrency: int, requests: int | None = None,
 
 
 async def open_loop(send: Send, rate: float, requests: int | None = None, duration: float | None = None,
-                    seed: int = 0) -> list[T]:
+                    seed: int = 0, clock: Callable[[], float] = time.perf_counter,
+                    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> list[T]:
     """Requests arrive `rate` a second on average, gaps drawn from an exponential distribution.
 
-    The arrival schedule comes from `seed`, so two runs offer exactly the same load.
+    The arrival schedule comes from `seed`, so two runs offer exactly the same load. clock and
+    sleep are the wall clock's unless a test drives time itself.
     """
     _check_bound(requests, duration)
     gaps = random.Random(seed)
-    start = time.perf_counter()
+    start = clock()
     due = start
     tasks: list[asyncio.Task] = []
     while requests is None or len(tasks) < requests:
         if duration is not None and due - start >= duration:
             break
-        await asyncio.sleep(max(0.0, due - time.perf_counter()))
+        await sleep(max(0.0, due - clock()))
         tasks.append(asyncio.create_task(send(len(tasks))))
         due += gaps.expovariate(rate)
     return list(await asyncio.gather(*tasks))

@@ -5,7 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoint import DEFAULT_WEIGHTS_DIR, MODEL_SUBDIR, SNAC_SUBDIR
+from orpheus_local.weights.checkpoint import (
+    DEFAULT_WEIGHTS_DIR,
+    MODEL_SUBDIR,
+    SNAC_SUBDIR,
+)
 
 
 def default_device() -> str:

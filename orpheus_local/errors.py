@@ -6,7 +6,13 @@ class OrpheusError(RuntimeError):
 
 
 class InputError(OrpheusError, ValueError):
-    """The request cannot be served as given (HTTP 400); the message starts with the field name."""
+    """The request cannot be served as given (HTTP 400): `field` names the input at fault, in the
+    library's own terms (text, voice, temperature, ...); each API maps it to its own field name."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
 
 
 class QueueFullError(OrpheusError):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
-from .text import check_tags
+from orpheus_local.errors import InputError
+from orpheus_local.text.tags import check_tags
 
 TRAINED_VOICES = ("tara", "leah", "jess", "leo", "dan", "mia", "zac", "zoe")
 # Segmind lists josh and emma; they are not trained speakers, the name is passed through as prefix.
@@ -36,20 +37,20 @@ class SynthesisParams:
 
     def __post_init__(self) -> None:
         if not isinstance(self.text, str):
-            raise ValueError("text: must be a string")
+            raise InputError("text", "must be a string")
         if not self.text.strip():
-            raise ValueError("text: must not be empty")
+            raise InputError("text", "must not be empty")
         try:
             self.text.encode("utf-8")
         except UnicodeEncodeError:  # a lone surrogate (JSON can escape one): no tokenizer takes it
-            raise ValueError("text: must be valid Unicode (it has a lone surrogate)") from None
+            raise InputError("text", "must be valid Unicode (it has a lone surrogate)") from None
         check_tags(self.text)
         if self.voice is not None:
             if not isinstance(self.voice, str):
-                raise ValueError("voice: must be a string")
+                raise InputError("voice", "must be a string")
             voice = self.voice.strip().lower()
             if voice not in VOICES:
-                raise ValueError(f"voice: unknown voice {self.voice!r}; choose one of {', '.join(VOICES)}")
+                raise InputError("voice", f"unknown voice {self.voice!r}; choose one of {', '.join(VOICES)}")
             object.__setattr__(self, "voice", voice)
         for name, (lo, hi) in RANGES.items():
             value = getattr(self, name)
@@ -59,9 +60,9 @@ class SynthesisParams:
             object.__setattr__(self, "top_k", _check_number("top_k", self.top_k, int, *TOP_K_RANGE))
         if self.seed is not None:
             if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-                raise ValueError("seed: must be an integer")
+                raise InputError("seed", "must be an integer")
             if not 0 <= self.seed < 2**63:
-                raise ValueError("seed: must be in 0..2**63-1")
+                raise InputError("seed", "must be in 0..2**63-1")
 
     def replace(self, **changes) -> "SynthesisParams":
         values = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -72,16 +73,16 @@ class SynthesisParams:
 def _check_number(name: str, value, kind: type, lo: float, hi: float):
     # bool is an int subclass: True is never a valid temperature.
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name}: must be a number, got {type(value).__name__}")
+        raise InputError(name, f"must be a number, got {type(value).__name__}")
     if kind is int:
         if isinstance(value, float):
             if not value.is_integer():
-                raise ValueError(f"{name}: must be an integer")
+                raise InputError(name, "must be an integer")
             value = int(value)
     else:
         value = float(value)
         if not math.isfinite(value):
-            raise ValueError(f"{name}: must be a finite number")
+            raise InputError(name, "must be a finite number")
     if not lo <= value <= hi:
-        raise ValueError(f"{name}: must be between {lo} and {hi}, got {value}")
+        raise InputError(name, f"must be between {lo} and {hi}, got {value}")
     return value

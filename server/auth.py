@@ -42,10 +42,6 @@ def key_index(key: str, keys: tuple[bytes, ...]) -> int | None:
     return matches.index(True) if any(matches) else None
 
 
-def is_valid(key: str, keys: tuple[bytes, ...]) -> bool:
-    return key_index(key, keys) is not None
-
-
 class ApiKeyAuth:
     """ASGI middleware: with keys configured, refuse requests without a valid one (401)."""
 

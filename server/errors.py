@@ -12,6 +12,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
+from orpheus_local.errors import InputError, NotReadyError, QueueFullError
+
 SERVED_MODEL = "orpheus-3b-0.1"
 OPENAI_PATHS = ("/v1/audio/", "/v1/models")
 RETRY_AFTER_BUSY_S = 1
@@ -42,10 +44,21 @@ class ClientGone(Exception):
     """The client disconnected before its answer was ready; there is nobody left to answer."""
 
 
-def invalid(message: str) -> ApiError:
-    """400 for a value the client sent; messages start with the field name ("temperature: ...")."""
-    field = message.split(":", 1)[0] if ":" in message else None
-    return ApiError(400, message, param=field, code="invalid_value")
+def invalid(field: str, message: str) -> ApiError:
+    """400 for a value the client sent, naming its field."""
+    return ApiError(400, f"{field}: {message}", param=field, code="invalid_value")
+
+
+def from_core(exc: Exception, text_field: str = "text") -> ApiError | None:
+    """The core's errors in HTTP terms, for every route and the v2 jobs; None for a failure of ours.
+    text_field: what the route calls the text (Segmind "text", OpenAI "input")."""
+    if isinstance(exc, InputError):
+        return invalid(text_field if exc.field == "text" else exc.field, exc.message)
+    if isinstance(exc, QueueFullError):
+        return busy("the generation queue is full")
+    if isinstance(exc, NotReadyError):
+        return not_ready()
+    return None
 
 
 def text_too_long(field: str, length: int, limit: int) -> ApiError:

@@ -10,17 +10,17 @@ from contextlib import aclosing, contextmanager
 from typing import AsyncIterator, Callable
 
 import numpy as np
-
 from fastapi import Request
 
-from orpheus_local.audio import SAMPLE_RATE, StreamEncoder, encode_audio
-from orpheus_local.errors import InputError, NotReadyError, QueueFullError
+from orpheus_local.audio.encoders import StreamEncoder, encode_audio
 from orpheus_local.memory import release_free_memory
 from orpheus_local.params import SynthesisParams
-from orpheus_local.synth import Synthesizer
+from orpheus_local.pipeline.synthesizer import Synthesizer
+from orpheus_local.tokens import SAMPLE_RATE
 
 from . import request_log
-from .errors import busy, generation_failed, invalid, not_ready
+from .encoding import EncoderPool
+from .errors import busy, from_core, generation_failed
 from .metrics import Metrics
 from .streaming import unless_disconnected
 
@@ -60,10 +60,12 @@ class Admission:
 
 
 async def pcm_chunks(
-    synth: Synthesizer, params: SynthesisParams, request_id: str, metrics: Metrics, *, whole_file: bool = False
+    synth: Synthesizer, params: SynthesisParams, request_id: str, metrics: Metrics, *, whole_file: bool = False,
+    text_field: str = "text",
 ) -> AsyncIterator[np.ndarray]:
     """synth.stream(), measured, with failures turned into ApiErrors (500s keep their trace in the log).
-    whole_file: the audio goes out as one file (same seed, same bytes); else it streams."""
+    whole_file: the audio goes out as one file (same seed, same bytes); else it streams.
+    text_field: the route's name for the text, for errors about it."""
     record = request_log.current()
     record.request_id = request_id
     start = time.perf_counter()
@@ -82,13 +84,9 @@ async def pcm_chunks(
                 samples += len(pcm)
                 yield pcm
         metrics.generation_seconds.observe(time.perf_counter() - start)
-    except QueueFullError:
-        raise busy("the generation queue is full") from None
-    except NotReadyError:
-        raise not_ready() from None
-    except InputError as exc:  # the core's verdict on the input (e.g. a text too long for one prompt)
-        raise invalid(str(exc)) from None
-    except Exception:
+    except Exception as exc:
+        if (error := from_core(exc, text_field)) is not None:  # busy, not ready, or the input's fault
+            raise error from None
         log.exception("generation of request %s failed", request_id)
         raise generation_failed(request_id) from None
     finally:
@@ -107,21 +105,23 @@ async def collect(chunks: AsyncIterator[np.ndarray], on_first: Callable[[], None
     return np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
 
 
-async def whole_file(request: Request, admission: Admission, chunks: AsyncIterator[np.ndarray], fmt: str,
-                     speed: float) -> bytes:
+async def whole_file(request: Request, admission: Admission, pool: EncoderPool, chunks: AsyncIterator[np.ndarray],
+                     fmt: str, speed: float) -> bytes:
     """One complete file in `fmt` (real header sizes), holding an admission place while generating;
     a client that leaves cancels the generation."""
     with admission.hold():
         pcm = await unless_disconnected(request, collect(chunks))
-    return encode_audio(pcm, fmt, speed=speed)
+    return await pool.run(encode_audio, pcm, fmt, SAMPLE_RATE, speed)
 
 
-async def encoded(admission: Admission, chunks: AsyncIterator[np.ndarray], encoder: StreamEncoder) -> AsyncIterator[bytes]:
-    """Encoded bytes as soon as the encoder has any, holding an admission place meanwhile."""
+async def encoded(admission: Admission, pool: EncoderPool, chunks: AsyncIterator[np.ndarray],
+                  encoder: StreamEncoder) -> AsyncIterator[bytes]:
+    """Encoded bytes as soon as the encoder has any, holding an admission place meanwhile. Each chunk
+    is encoded on the pool, in order: the next waits for the one before."""
     with admission.hold():
         async with aclosing(chunks):
             async for pcm in chunks:
-                if data := encoder.encode(pcm):
+                if data := await pool.run(encoder.encode, pcm):
                     yield data
-        if data := encoder.finish():
+        if data := await pool.run(encoder.finish):
             yield data

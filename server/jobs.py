@@ -12,9 +12,11 @@ from typing import AsyncIterator, Callable
 
 import numpy as np
 
-from orpheus_local.audio import encode_audio
+from orpheus_local.audio.encoders import encode_audio
+from orpheus_local.tokens import SAMPLE_RATE
 
 from . import request_log
+from .encoding import EncoderPool
 from .errors import ApiError, busy
 from .generation import Admission, collect
 
@@ -48,8 +50,10 @@ class Job:
 
 
 class JobStore:
-    def __init__(self, admission: Admission, max_jobs: int, ttl_s: float, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, admission: Admission, encoders: EncoderPool, max_jobs: int, ttl_s: float,
+                 clock: Callable[[], float] = time.monotonic):
         self.admission = admission
+        self.encoders = encoders
         self.max_jobs = max_jobs
         self.ttl_s = ttl_s
         self.clock = clock
@@ -90,7 +94,7 @@ class JobStore:
         record.status = 499  # cancelled, unless it ends otherwise
         try:
             pcm = await collect(chunks, on_first=processing)
-            job.audio = encode_audio(pcm, "wav", speed=job.speed)
+            job.audio = await self.encoders.run(encode_audio, pcm, "wav", SAMPLE_RATE, job.speed)
             job.status, record.status = COMPLETED, 200
         except ApiError as exc:
             job.status, job.error, record.status = FAILED, exc.message, exc.status

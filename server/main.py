@@ -13,8 +13,13 @@ import uvicorn
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
-from orpheus_local.checkpoint import CheckpointError, looks_like_hub_id, resolve_model_dir, resolve_snac_dir
 from orpheus_local.config import EngineConfig
+from orpheus_local.weights.checkpoint import (
+    CheckpointError,
+    looks_like_hub_id,
+    resolve_model_dir,
+    resolve_snac_dir,
+)
 
 from .lifecycle import GracefulServer
 from .logs import configure_logging, log_settings
@@ -45,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         config = settings.engine_config()
         check_checkpoint(config)
         # torch, transformers and the app: imported only once the settings are known to be good
-        from orpheus_local.synth import Synthesizer
+        from orpheus_local.pipeline.synthesizer import Synthesizer
 
         from .app import build_app
 

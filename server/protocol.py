@@ -8,10 +8,11 @@ from typing import Annotated, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, Field, ValidationError
 
-from orpheus_local.audio import FORMATS, SPEED_MAX, SPEED_MIN
+from orpheus_local.audio.encoders import FORMATS, SPEED_MAX, SPEED_MIN
+from orpheus_local.errors import InputError
 from orpheus_local.params import DEFAULT_VOICE, RANGES, TOP_K_RANGE, SynthesisParams
 
-from .errors import SERVED_MODEL, invalid, text_too_long, unknown_model
+from .errors import SERVED_MODEL, from_core, invalid, text_too_long, unknown_model
 
 SPEECH_MODELS = (SERVED_MODEL, "orpheus", "tts-1", "tts-1-hd")
 _DEFAULTS = {f.name: f.default for f in fields(SynthesisParams)}
@@ -55,8 +56,8 @@ class Sampling(BaseModel):
                 max_new_tokens=self.max_new_tokens, repetition_penalty=self.repetition_penalty, seed=self.seed,
                 top_k=self.top_k,
             )
-        except ValueError as exc:
-            raise invalid(str(exc)) from None
+        except InputError as exc:
+            raise from_core(exc, field) from None
 
 
 class SegmindRequest(Sampling):
@@ -87,7 +88,7 @@ class SpeechRequest(Sampling):
         if self.model not in SPEECH_MODELS:
             raise unknown_model(self.model)
         if not self.stream and self.stream_format == "sse":
-            raise invalid("stream: server-sent events are a stream; stream false needs stream_format audio")
+            raise invalid("stream", "server-sent events are a stream; stream false needs stream_format audio")
         return self._synthesis_params("input", self.input, self.voice, max_chars)
 
 
@@ -102,7 +103,7 @@ def parse(model: type[M], data: dict) -> M:
         error = exc.errors()[0]
         field = ".".join(str(part) for part in error["loc"]) or "body"
         message = "is required" if error["type"] == "missing" else error["msg"]
-        raise invalid(f"{field}: {message}") from None
+        raise invalid(field, message) from None
 
 
 def openapi_body(model: type[BaseModel], *content_types: str) -> dict:

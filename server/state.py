@@ -10,10 +10,11 @@ from typing import Annotated, Callable
 
 from fastapi import Depends, Request
 
-from orpheus_local.checkpoint import CheckpointError
 from orpheus_local.params import SynthesisParams
-from orpheus_local.synth import Synthesizer
+from orpheus_local.pipeline.synthesizer import Synthesizer
+from orpheus_local.weights.checkpoint import CheckpointError
 
+from .encoding import EncoderPool
 from .errors import not_ready, shutting_down
 from .generation import Admission
 from .jobs import JobStore
@@ -34,7 +35,8 @@ class ServerState:
         self.created = int(time.time())
         self.metrics = Metrics()
         self.admission = Admission(settings.max_in_flight)
-        self.jobs = JobStore(self.admission, settings.max_jobs, settings.job_ttl_s)
+        self.encoders = EncoderPool()
+        self.jobs = JobStore(self.admission, self.encoders, settings.max_jobs, settings.job_ttl_s)
         self.synth: Synthesizer | None = None
         self.owns_synth = False
         self.ready = False
@@ -80,6 +82,7 @@ class ServerState:
     async def close(self) -> None:
         self.ready = False
         await self.jobs.close()
+        self.encoders.close()
         if self.owns_synth and self.synth is not None:
             await asyncio.to_thread(self.synth.close)
             log.info("engine closed")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from orpheus_local.config import EngineConfig
-from orpheus_local.demo import build_demo_checkpoint
+from orpheus_local.weights.demo import build_demo_checkpoint
 
 # One thread: the tests often share the cores with a server subprocess, and oversubscribed torch
 # threads run an order of magnitude slower than one.
@@ -31,7 +31,7 @@ def demo_config(demo_dirs) -> EngineConfig:
 
 @pytest.fixture(scope="session")
 def synthesizer(demo_config):
-    from orpheus_local.synth import Synthesizer
+    from orpheus_local.pipeline.synthesizer import Synthesizer
 
     synth = Synthesizer.load(demo_config)
     yield synth

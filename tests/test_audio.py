@@ -7,7 +7,7 @@ import av
 import numpy as np
 import pytest
 
-from orpheus_local.audio import FORMATS, StreamEncoder, encode_audio, wav_bytes
+from orpheus_local.audio.encoders import FORMATS, StreamEncoder, encode_audio, wav_bytes
 
 SR = 24000
 SECONDS = 3.0

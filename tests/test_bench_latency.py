@@ -9,6 +9,7 @@ import csv
 import io
 import json
 import os
+import random
 import shutil
 import signal
 import struct
@@ -23,6 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import numpy as np
 import pytest
+from soak.process import free_port
 
 from bench.audio_meter import AudioError, PcmMeter, WavMeter, meter_for
 from bench.latency import main
@@ -30,8 +32,7 @@ from bench.load import closed_loop, open_loop
 from bench.measure import RequestResult, error_message
 from bench.report import CLOSED, summarize
 from bench.sse import SpeechEvents
-from orpheus_local.audio import encode_audio, wav_stream_header
-from soak.process import free_port
+from orpheus_local.audio.encoders import encode_audio, wav_stream_header
 
 KEY = "bench-test-key"
 TEXT = "Hello, bench!"  # one part at 100 tokens: 14 frames of audio
@@ -46,7 +47,7 @@ def server(demo_dirs, demo_config, tmp_path_factory):
     port = free_port()
     command = [shutil.which("orpheus-local") or sys.executable, "serve"]
     if command[0] == sys.executable:
-        command[1:1] = ["-m", "orpheus_local.cli"]
+        command[1:1] = ["-m", "orpheus_cli.main"]
     command += ["--demo", "--demo-dir", str(demo_dirs[0].parent), "--device", "cpu", "--backend",
                 demo_config.backend, "--port", str(port), "--api-keys-file", str(keys), "--log-level", "warning"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -280,36 +281,58 @@ def test_error_messages_of_both_apis():
     assert error_message(b"<html>Bad gateway</html>") == "<html>Bad gateway</html>"
 
 
-async def test_closed_loop_keeps_the_concurrency_and_stops_at_the_count():
+class FakeTime:
+    """A clock that moves only when the code under test sleeps on it (or a test advances it)."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(0)  # the other tasks run at the start of the sleep, as during a real one
+        self.now += seconds
+
+
+async def test_closed_loop_keeps_the_concurrency_and_stops_at_the_count_or_the_time():
     in_flight, peak = 0, 0
+    clock = FakeTime()
+    issued_at = []
 
     async def send(i):
         nonlocal in_flight, peak
+        issued_at.append(clock())
         in_flight += 1
         peak = max(peak, in_flight)
-        await asyncio.sleep(0.01)
+        await clock.sleep(0.01)
         in_flight -= 1
         return i
 
     assert await closed_loop(send, 3, requests=10) == list(range(10)) and peak == 3
-    started = time.perf_counter()
-    assert len(await closed_loop(send, 2, duration=0.1)) >= 4
-    assert time.perf_counter() - started < 0.5
+    clock.now, issued_at = 0.0, []
+    results = await closed_loop(send, 2, duration=0.1, clock=clock)
+    assert results == list(range(len(results))) and len(results) >= 10
+    assert max(issued_at) < 0.1 <= clock()  # every request started in time; it stopped once time was up
 
 
-async def test_open_loop_arrivals_are_poisson_and_bounded():
+async def test_open_loop_arrivals_follow_the_seeded_poisson_schedule():
+    clock = FakeTime()
     sent = []
 
     async def send(i):
-        sent.append(time.perf_counter())
+        sent.append(clock())
         return i
 
-    started = time.perf_counter()
-    assert await open_loop(send, rate=200, requests=40) == list(range(40))
-    gaps = np.diff(sent)
-    assert 0.2 < gaps.mean() * 200 < 3 and gaps.std() > 0  # exponential gaps average 1/rate
-    assert len(await open_loop(send, rate=100, duration=0.2)) < 60
-    assert time.perf_counter() - started < 2
+    assert await open_loop(send, rate=200, requests=40, clock=clock, sleep=clock.sleep) == list(range(40))
+    draws = random.Random(0)
+    expected = np.cumsum([0.0] + [draws.expovariate(200) for _ in range(39)])
+    np.testing.assert_allclose(sent, expected, rtol=0, atol=1e-12)  # exactly the schedule of seed 0
+    clock.now, sent = 0.0, []
+    count = len(await open_loop(send, rate=100, duration=0.2, clock=clock, sleep=clock.sleep))
+    draws = random.Random(0)
+    due = np.cumsum([draws.expovariate(100) for _ in range(200)])
+    assert count == 1 + int(np.sum(due < 0.2)) and max(sent) < 0.2
 
 
 def test_summary_counts_and_realtime_rule():

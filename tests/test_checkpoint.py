@@ -3,8 +3,8 @@ import shutil
 
 import pytest
 
-from orpheus_local import checkpoint as ck
-from orpheus_local.checkpoint import CheckpointError
+from orpheus_local.weights import checkpoint as ck
+from orpheus_local.weights.checkpoint import CheckpointError
 
 
 def test_demo_checkpoint_loads_through_the_public_loader(demo_dirs):

@@ -5,12 +5,12 @@ import wave
 
 import pytest
 
-from orpheus_local import format as fmt
+from orpheus_local import tokens as fmt
 from orpheus_local.params import SynthesisParams
 
 
 def run_cli(*args, env=None, timeout=180):
-    return subprocess.run([sys.executable, "-m", "orpheus_local", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "orpheus_cli", *args], capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})})
 
 
@@ -57,7 +57,7 @@ def test_missing_weights_say_how_to_get_them(tmp_path):
 @pytest.mark.parametrize("command", [["serve"], ["synth", "hi", "-o", "x.wav"]])
 def test_default_weights_missing_exit_at_once_with_the_fix(command, tmp_path):
     # From a directory with no weights/: the default path is local, never mistaken for a hub id.
-    result = subprocess.run([sys.executable, "-m", "orpheus_local", *command], capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "orpheus_cli", *command], capture_output=True,
                             text=True, timeout=120, cwd=tmp_path)
     assert result.returncode == 2
     assert "not found at weights/orpheus-3b-0.1-ft" in result.stderr

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from orpheus_local import format as fmt
-from orpheus_local.checkpoint import load_snac
-from orpheus_local.codec import FRAME_SECONDS, SnacCodec, StreamDecoder, iter_stream
-from orpheus_local.demo import build_demo_snac
+from orpheus_local import tokens as fmt
+from orpheus_local.audio.snac import SnacCodec, iter_stream
+from orpheus_local.audio.windows import FRAME_SECONDS, StreamDecoder
+from orpheus_local.weights.checkpoint import load_snac
+from orpheus_local.weights.demo import build_demo_snac
 
 SPF = fmt.SAMPLES_PER_FRAME
 
@@ -100,7 +101,7 @@ def test_first_chunk_leaves_after_two_frames():
     assert decoder.ready_window() is None
     decoder.push(random_frames(1))
     first = decoder.ready_window()
-    assert first is not None and first.start == 0 and first.count >= 1
+    assert first is not None and (first.start, first.count, first.left, len(first.frames)) == (0, 1, 0, 2)
 
 
 def test_every_frame_is_covered_once():
@@ -145,6 +146,7 @@ def test_extreme_codes_decode(quiet, code):
     streamed = np.concatenate(list(iter_stream(quiet, [frames[:2], frames[2:]])))
     assert one_shot.shape == streamed.shape == (6 * SPF,)
     assert np.isfinite(one_shot).all() and np.abs(one_shot).max() > 0
+    assert snr_db(one_shot, streamed) >= 40  # the extremes stream like any other code
 
 
 def test_batched_windows_equal_single_windows(quiet, monkeypatch):
@@ -172,3 +174,39 @@ def test_encoded_audio_round_trips_through_ids(snac_dir):
     back = fmt.frames_to_codes(fmt.ids_to_frames(ids))
     for original, restored in zip(codes, back):
         np.testing.assert_array_equal(original, restored)
+
+
+# --- the codec core, stepped by the test ---------------------------------------------------------
+
+
+async def test_codec_core_streams_each_stream_and_a_failed_decode_fails_only_its_call(quiet, monkeypatch):
+    from orpheus_local.audio.worker import CodecCore
+
+    core = CodecCore(quiet)
+    frames = random_frames(6, seed=7)
+    first, second = core.open(noise_key=1), core.open(noise_key=2)
+    first.push(frames)
+    first.end_frames()
+    decode = quiet.decode_windows
+    monkeypatch.setattr(quiet, "decode_windows", lambda windows: (_ for _ in ()).throw(RuntimeError("codec lost")))
+    assert core.step() == 1  # first's windows, in a call that fails
+    with pytest.raises(RuntimeError, match="codec lost"):
+        [chunk async for chunk in first]
+    monkeypatch.setattr(quiet, "decode_windows", decode)
+    second.push(frames)
+    second.end_frames()
+    while core.has_work():
+        core.step()
+    pcm = np.concatenate([chunk async for chunk in second])
+    assert snr_db(quiet.decode(frames), pcm) >= 40 and len(pcm) == 6 * SPF
+
+
+async def test_a_cancelled_audio_stream_is_dropped_at_the_next_step(quiet):
+    from orpheus_local.audio.worker import CodecCore
+
+    core = CodecCore(quiet)
+    stream = core.open(noise_key=1)
+    stream.push(random_frames(4, seed=8))
+    stream.cancel()
+    assert core.step() == 0 and not core.has_work()
+    assert [chunk async for chunk in stream] == []

@@ -1,24 +1,31 @@
-"""The batched engine: seeds across batch compositions, slot reuse, cancellation, queue limit, faults."""
+"""The batched engine, driven step by step: seeds across batch compositions, slot reuse, aborts,
+the queue limit, failures at prefill and at decode. Then its driver: the thread and asyncio side."""
 
 import asyncio
 
 import pytest
 
-from orpheus_local import format as fmt
-from orpheus_local.checkpoint import load_tokenizer
+from orpheus_local import tokens as fmt
 from orpheus_local.config import EngineConfig
-from orpheus_local.engine.engine import Engine
-from orpheus_local.errors import GenerationError, QueueFullError
+from orpheus_local.engine.core import EngineCore
+from orpheus_local.engine.driver import EngineDriver
+from orpheus_local.errors import (
+    GenerationError,
+    InputError,
+    NotReadyError,
+    QueueFullError,
+)
 from orpheus_local.params import SynthesisParams
+from orpheus_local.weights.checkpoint import load_tokenizer
+
+SLOTS = 4
 
 
 @pytest.fixture(scope="module")
-def engine(demo_dirs):
-    config = EngineConfig(model=str(demo_dirs[0]), device="cpu", max_slots=4, max_queue=8,
+def core(demo_dirs):
+    config = EngineConfig(model=str(demo_dirs[0]), device="cpu", max_slots=SLOTS, max_queue=8,
                           max_prompt_tokens=128, max_new_tokens=300)
-    eng = Engine.load(config, demo_dirs[0], "cpu", "float32")
-    yield eng
-    eng.close()
+    return EngineCore.load(config, demo_dirs[0], "cpu", "float32")
 
 
 @pytest.fixture(scope="module")
@@ -26,81 +33,202 @@ def prompt(demo_dirs):
     return fmt.build_prompt(load_tokenizer(demo_dirs[0]), "Hello <sigh> there", "leah")
 
 
+@pytest.fixture(scope="module")
+def other_prompt(demo_dirs):
+    return fmt.build_prompt(load_tokenizer(demo_dirs[0]), "Something else entirely", "leah")
+
+
 def params(seed, tokens=100, **kw):
     return SynthesisParams(text="x", max_new_tokens=tokens, seed=seed, **kw)
+
+
+def run(core: EngineCore, until_idle: bool = True, steps: int | None = None):
+    """Step the engine (until it is idle, or `steps` times): ({request: ids}, {request: final output})."""
+    ids, ended = {}, {}
+    count = 0
+    while core.has_work() and (steps is None or count < steps):
+        for out in core.step():
+            ids.setdefault(out.request, []).extend(out.ids)
+            if out.finished:
+                ended[out.request] = out
+        count += 1
+    return ids, ended
+
+
+def test_same_seed_same_ids_alone_or_beside_seven_others(core, prompt, other_prompt):
+    alone = core.add(prompt, params(11), ignore_eos=True)
+    expected = run(core)[0][alone]
+    crowded = core.add(prompt, params(11), ignore_eos=True)
+    others = [core.add(other_prompt if s % 2 else prompt, params(100 + s, 100 + 7 * s), ignore_eos=True)
+              for s in range(7)]  # more than the slots: some wait, slots are reused mid-run
+    ids = run(core)[0]
+    assert len(expected) == 98 and ids[crowded] == expected
+    assert all(len(ids[o]) == (100 + 7 * s) // 7 * 7 for s, o in enumerate(others))
+
+
+def test_the_seed_and_the_prompt_each_change_the_ids(core, prompt, other_prompt):
+    # A low temperature lets the tiny random model's logits, not only the draw's noise, decide.
+    base = core.add(prompt, params(5, temperature=0.1), ignore_eos=True)
+    reseeded = core.add(prompt, params(6, temperature=0.1), ignore_eos=True)
+    reprompted = core.add(other_prompt, params(5, temperature=0.1), ignore_eos=True)
+    ids = run(core)[0]
+    assert ids[reseeded] != ids[base] and ids[reprompted] != ids[base]
+
+
+def test_a_lower_slot_finishing_mid_run_leaves_the_others_ids_unchanged(core, prompt):
+    short = core.add(prompt, params(1), ignore_eos=True, max_tokens=35)  # slot 0, gone after 35 steps
+    long = core.add(prompt, params(2, 140), ignore_eos=True)  # slot 1
+    ids, ended = run(core)
+    assert (short.slot, long.slot) == (0, 1) and ended[short].reason == ended[long].reason == "length"
+    alone = core.add(prompt, params(2, 140), ignore_eos=True)
+    assert run(core)[0][alone] == ids[long] and len(ids[long]) == 140
+
+
+def test_every_id_fits_the_frame_layout_and_lengths_are_exact(core, prompt):
+    request = core.add(prompt, params(3, 103, temperature=1.5, top_p=1.0), ignore_eos=True)
+    ids, ended = run(core)
+    assert len(ids[request]) == 98  # 103 sampled, the 15th frame incomplete and never handed out
+    assert ended[request].reason == "length" and len(request.generated) == 103
+    for k, token in enumerate(ids[request]):
+        lo, hi = fmt.position_range(k % 7)
+        assert lo <= token < hi
+
+
+def test_an_abort_frees_the_slot_at_the_next_step_and_the_slot_carries_nothing_over(core, prompt):
+    first = core.add(prompt, params(21), ignore_eos=True)
+    expected = run(core)[0][first]
+    leaving = core.add(prompt, params(22, 300), ignore_eos=True)
+    run(core, steps=10)
+    core.abort(leaving)
+    (out,) = core.step()
+    assert out.request is leaving and out.finished and out.reason is None and out.error is None
+    assert not core.has_work() and sorted(core.scheduler.free_slots) == list(range(SLOTS))
+    again = core.add(prompt, params(21), ignore_eos=True)
+    assert run(core)[0][again] == expected  # the aborted request's slot, reused
+
+
+def test_an_aborted_waiting_request_never_runs(core, prompt):
+    waiting = core.add(prompt, params(1), ignore_eos=True)
+    core.abort(waiting)
+    ids, ended = run(core)
+    assert ids[waiting] == [] and ended[waiting].finished and waiting.slot is None
+
+
+def test_queue_limit_raises_queue_full(core, prompt):
+    added = [core.add(prompt, params(s), ignore_eos=True) for s in range(8)]
+    with pytest.raises(QueueFullError):
+        core.add(prompt, params(9), ignore_eos=True)
+    for r in added:
+        core.abort(r)
+    run(core)
+    assert core.stats() == {"queued": 0, "running": 0, "slots": SLOTS}
+
+
+def test_a_failing_prefill_fails_its_requests_only(core, prompt, monkeypatch):
+    good = core.add(prompt, params(31, 200), ignore_eos=True)
+    run(core, steps=3)
+    prefill = core.runner.prefill
+
+    def failing_prefill(requests):
+        if any(r.request_id == "bad" for r in requests):
+            raise RuntimeError("injected fault")
+        return prefill(requests)
+
+    monkeypatch.setattr(core.runner, "prefill", failing_prefill)
+    bad = core.add(prompt, params(32), "bad", ignore_eos=True)
+    ids, ended = run(core)
+    assert isinstance(ended[bad].error, GenerationError) and "bad" in str(ended[bad].error)
+    assert ended[good].error is None and len(good.generated) == 200
+
+
+def test_a_failing_decode_step_fails_its_batch_and_the_engine_goes_on(core, prompt, monkeypatch):
+    batch = [core.add(prompt, params(s), ignore_eos=True) for s in range(2)]
+    run(core, steps=2)
+    decode = core.runner.decode
+    monkeypatch.setattr(core.runner, "decode", lambda requests: (_ for _ in ()).throw(RuntimeError("device lost")))
+    outputs = core.step()
+    assert {out.request for out in outputs} == set(batch)
+    assert all(isinstance(out.error, GenerationError) and out.finished for out in outputs)
+    assert not core.has_work() and sorted(core.scheduler.free_slots) == list(range(SLOTS))
+    monkeypatch.setattr(core.runner, "decode", decode)
+    after = core.add(prompt, params(7), ignore_eos=True)
+    assert len(run(core)[0][after]) == 98
+
+
+def test_prompt_longer_than_the_cache_allows_is_an_input_error(core):
+    with pytest.raises(InputError) as caught:
+        core.add([fmt.START_OF_HUMAN] * 129, params(1))
+    assert caught.value.field == "text" and "too long" in caught.value.message
+
+
+# --- the driver: the engine on its thread, ids handed to asyncio ---------------------------------
 
 
 async def collect(stream):
     return [i async for ids in stream for i in ids]
 
 
-async def test_same_seed_same_ids_alone_or_beside_seven_others(engine, prompt):
-    alone = await collect(engine.submit(prompt, params(11), "alone", ignore_eos=True))
-    others = [engine.submit(prompt[:-6] + prompt[-4:], params(s, 100 + 7 * s), f"o{s}", ignore_eos=True) for s in range(7)]
-    crowded = engine.submit(prompt, params(11), "crowded", ignore_eos=True)
-    results = await asyncio.gather(collect(crowded), *map(collect, others))
-    assert len(alone) == 98 and results[0] == alone
-    assert all(r != alone for r in results[1:])
+async def test_driver_streams_what_the_core_computes(core, prompt):
+    expected = run_alone(core, prompt, params(40))
+    driver = EngineDriver(core).start()
+    try:
+        streams = [driver.submit(prompt, params(40), "a", ignore_eos=True),
+                   driver.submit(prompt, params(41), "b", ignore_eos=True)]
+        got = await asyncio.gather(*map(collect, streams))
+    finally:
+        driver.close()
+    assert got[0] == expected and got[1] != expected
+    assert [s.finish_reason for s in streams] == ["length", "length"]
 
 
-async def test_every_id_fits_the_frame_layout_and_lengths_are_exact(engine, prompt):
-    ids = await collect(engine.submit(prompt, params(3, 103, temperature=1.5, top_p=1.0), "len", ignore_eos=True))
-    assert len(ids) == 98  # 103 sampled, the 15th frame incomplete and never handed out
-    for k, token in enumerate(ids):
-        lo, hi = fmt.position_range(k % 7)
-        assert lo <= token < hi
+def run_alone(core, prompt, p):
+    request = core.add(prompt, p, ignore_eos=True)
+    return run(core)[0][request]
 
 
-async def test_slot_is_reused_after_finish_and_after_cancel(engine, prompt):
-    first = await collect(engine.submit(prompt, params(21), "a", ignore_eos=True))
-    stream = engine.submit(prompt, params(22, 300), "cancel-me", ignore_eos=True)
-    got = await stream.__anext__()
-    assert len(got) == 7
-    stream.cancel()
-    rest = await collect(stream)
-    assert len(rest) < 280  # left early
-    for _ in range(50):
-        if engine.stats()["running"] == 0:
-            break
-        await asyncio.sleep(0.02)
-    assert engine.stats() == {"queued": 0, "running": 0, "slots": 4}
-    assert sorted(engine.scheduler.free_slots) == [0, 1, 2, 3]
-    again = await collect(engine.submit(prompt, params(21), "a-again", ignore_eos=True))
-    assert again == first  # a reused slot carries nothing over
+async def test_driver_close_ends_every_stream_and_refuses_new_ones(core, prompt, monkeypatch):
+    gate = asyncio.Event()
+    driver = EngineDriver(core)
+    # Not started: nothing steps, so the requests are still waiting when close() runs.
+    with pytest.raises(NotReadyError):
+        driver.submit(prompt, params(1), "early")
+    driver.start()
+    step = core.step
+    loop = asyncio.get_running_loop()
+
+    def step_then_signal():
+        outputs = step()
+        loop.call_soon_threadsafe(gate.set)
+        return outputs
+
+    monkeypatch.setattr(core, "step", step_then_signal)
+    running = driver.submit(prompt, params(2, 300), "running", ignore_eos=True)
+    await gate.wait()  # admitted and stepping
+    await asyncio.to_thread(driver.close)
+    with pytest.raises(NotReadyError):
+        driver.submit(prompt, params(3), "late")
+    ids = await collect(running)  # ended: cancelled by the close, whatever it had got
+    assert len(ids) < 300 and running.finish_reason is None
+    assert core.stats()["running"] == 0
 
 
-async def test_queue_limit_raises_queue_full(engine, prompt):
-    streams = []
-    with pytest.raises(QueueFullError):
-        for s in range(30):
-            streams.append(engine.submit(prompt, params(s, 300), f"q{s}", ignore_eos=True))
-    # 8 wait in the queue; at most the 4 slots' worth were admitted meanwhile.
-    assert 8 <= len(streams) <= 12
-    for s in streams:
-        s.cancel()
-    await asyncio.gather(*(collect(s) for s in streams))
+async def test_cancel_from_the_consumer_aborts_the_request(core, prompt):
+    driver = EngineDriver(core).start()
+    try:
+        stream = driver.submit(prompt, params(5, 300), "leaving", ignore_eos=True)
+        first = await anext(stream)
+        stream.cancel()
+        rest = await collect(stream)
+    finally:
+        driver.close()
+    assert len(first) == 7 and len(rest) < 280 and stream.finish_reason is None
+    assert core.stats()["running"] == 0
 
 
-async def test_one_failing_request_leaves_the_others_intact(engine, prompt, monkeypatch):
-    good = engine.submit(prompt, params(31, 200), "good", ignore_eos=True)
-    await good.__anext__()  # running
-    original = engine.runner.prefill
-
-    def failing_prefill(requests):
-        if any(r.request_id == "bad" for r in requests):
-            raise RuntimeError("injected fault")
-        return original(requests)
-
-    monkeypatch.setattr(engine.runner, "prefill", failing_prefill)
-    bad = engine.submit(prompt, params(32), "bad", ignore_eos=True)
-    with pytest.raises(GenerationError, match="bad"):
-        await collect(bad)
-    rest = await collect(good)
-    assert len(rest) == 196 - 7
-    solo = await collect(engine.submit(prompt, params(31, 200), "solo", ignore_eos=True))
-    assert len(solo) == 196
-
-
-def test_prompt_longer_than_the_cache_allows_is_rejected(engine):
-    with pytest.raises(ValueError, match="^text: too long"):
-        engine.submit([fmt.START_OF_HUMAN] * 129, params(1), "long")
+def test_requests_without_a_seed_get_fresh_random_ones(core, prompt):
+    requests = [core.add(prompt, SynthesisParams(text="x", seed=None)) for _ in range(4)]
+    for r in requests:
+        core.abort(r)
+    run(core)
+    seeds = {r.seed for r in requests}
+    assert len(seeds) == 4 and all(0 <= s < 2**63 for s in seeds)

@@ -3,7 +3,6 @@ top-k, the length guard, a stored output head."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 
@@ -12,15 +11,16 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from orpheus_local import format as fmt
-from orpheus_local.checkpoint import CheckpointError, load_snac, load_tokenizer
-from orpheus_local.codec import FRAME_SECONDS, SnacCodec, StreamDecoder, Window
+from orpheus_local import tokens as fmt
+from orpheus_local.audio.snac import SnacCodec
+from orpheus_local.audio.windows import FRAME_SECONDS, StreamDecoder, Window
 from orpheus_local.config import EngineConfig
-from orpheus_local.engine.engine import Engine
+from orpheus_local.engine.core import EngineCore
 from orpheus_local.model import LlamaModel, Sampler
 from orpheus_local.model.sampler import COLUMNS, STOP_COLUMN
 from orpheus_local.params import SynthesisParams
-from orpheus_local.text import MAX_PART_CHARS, MIN_PART_CHARS, part_chars
+from orpheus_local.text.split import MAX_PART_CHARS, MIN_PART_CHARS, part_chars
+from orpheus_local.weights.checkpoint import CheckpointError, load_snac, load_tokenizer
 
 SPF = fmt.SAMPLES_PER_FRAME
 
@@ -153,7 +153,11 @@ def test_top_k_1_is_greedy_over_the_allowed_ids():
 
 
 def test_top_k_warp_matches_transformers():
-    from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+    from transformers.generation.logits_process import (
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
 
     sampler = Sampler(3)
     settings = [(0.7, 0.9, 5), (1.0, 1.0, 50), (1.2, 0.5, 4096)]
@@ -172,16 +176,23 @@ def test_top_k_warp_matches_transformers():
 
 
 @pytest.fixture(scope="module")
-def engine(demo_dirs):
-    config = EngineConfig(model=str(demo_dirs[0]), device="cpu", max_slots=2, max_queue=4,
+def core(demo_dirs):
+    config = EngineConfig(model=str(demo_dirs[0]), device="cpu", max_slots=4, max_queue=4,
                           max_prompt_tokens=128, max_new_tokens=200)
-    eng = Engine.load(config, demo_dirs[0], "cpu", "float32")
-    yield eng
-    eng.close()
+    return EngineCore.load(config, demo_dirs[0], "cpu", "float32")
 
 
-async def test_engine_forced_length_holds_against_a_winning_stop(engine, demo_dirs, monkeypatch):
-    model = engine.runner.model
+def run(core: EngineCore) -> dict:
+    """Step the engine until it is idle: {request: the ids it handed out}."""
+    ids = {}
+    while core.has_work():
+        for out in core.step():
+            ids.setdefault(out.request, []).extend(out.ids)
+    return ids
+
+
+def test_engine_forced_length_holds_against_a_winning_stop(core, demo_dirs, monkeypatch):
+    model = core.runner.model
     audio_logits = model.audio_logits
 
     def stop_wins(hidden, frame_pos):
@@ -192,26 +203,21 @@ async def test_engine_forced_length_holds_against_a_winning_stop(engine, demo_di
     monkeypatch.setattr(model, "audio_logits", stop_wins)
     prompt = fmt.build_prompt(load_tokenizer(demo_dirs[0]), "Hello there", "tara")
     params = SynthesisParams(text="Hello there", max_new_tokens=105, seed=4)
-
-    async def ids(**kw):
-        return [i async for chunk in engine.submit(prompt, params, "r", **kw) for i in chunk]
-
-    forced, free = await asyncio.gather(ids(ignore_eos=True), ids())
-    assert len(forced) == 105 and all(fmt.is_audio_id(i) for i in forced)
-    assert free == []  # the stop is taken at once
+    forced, free = core.add(prompt, params, ignore_eos=True), core.add(prompt, params)
+    ids = run(core)
+    assert len(ids[forced]) == 105 and all(fmt.is_audio_id(i) for i in ids[forced])
+    assert ids[free] == [] and free.generated == []  # the stop is taken at once
 
 
-async def test_top_k_reaches_the_engine(engine, demo_dirs):
+def test_top_k_reaches_the_engine(core, demo_dirs):
     prompt = fmt.build_prompt(load_tokenizer(demo_dirs[0]), "Hi", "tara")
     params = SynthesisParams(text="Hi", max_new_tokens=100, seed=8, temperature=1.5, top_p=1.0)
-
-    async def ids(p):
-        return [i async for chunk in engine.submit(prompt, p, "k", ignore_eos=True) for i in chunk]
-
-    wide, narrow, greedy_a, greedy_b = await asyncio.gather(
-        ids(params), ids(params.replace(top_k=2)), ids(params.replace(top_k=1)), ids(params.replace(top_k=1, seed=9)))
-    assert greedy_a == greedy_b  # top_k=1 leaves nothing to the seed
-    assert narrow != wide and narrow != greedy_a
+    wide, narrow, greedy_a, greedy_b = (
+        core.add(prompt, p, ignore_eos=True)
+        for p in (params, params.replace(top_k=2), params.replace(top_k=1), params.replace(top_k=1, seed=9)))
+    ids = run(core)
+    assert ids[greedy_a] == ids[greedy_b]  # top_k=1 leaves nothing to the seed
+    assert ids[narrow] != ids[wide] and ids[narrow] != ids[greedy_a]
 
 
 # --- long text: parts sized from max_new_tokens, cuts counted ----------------------------------------

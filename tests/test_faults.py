@@ -8,11 +8,11 @@ import dataclasses
 import time
 
 import pytest
-
-from orpheus_local.engine.stream import TokenStream
-from orpheus_local.synth import Synthesizer
 from soak.loadgen import parse_metrics
 from test_server import SHORT, V1, V2, FakeSynth, call_asgi, read_wav, serve
+
+from orpheus_local.engine.stream import TokenStream
+from orpheus_local.pipeline.synthesizer import Synthesizer
 
 LONG = {"text": "This sentence is long enough that speaking it would take the engine a good many decode "
                 "steps, so that a client leaving early has plenty left to cancel.",
@@ -21,10 +21,10 @@ POISON = "This request is the one that fails."
 
 
 def engine_of(synth):
-    engine = synth.backend
-    if not hasattr(engine, "scheduler"):
+    """The EngineCore the synthesizer's driver steps."""
+    if not hasattr(synth.backend, "core"):
         pytest.skip("needs the batched engine backend")
-    return engine
+    return synth.backend.core
 
 
 async def metrics_of(client) -> dict[str, float]:
@@ -41,16 +41,22 @@ async def until(condition, timeout: float, what: str) -> None:
 async def test_a_client_gone_mid_stream_frees_its_slot_at_the_next_engine_step(synthesizer, monkeypatch):
     engine = engine_of(synthesizer)
     cancelled_at, released_at = {}, {}
-    cancel, release = TokenStream.cancel, engine.scheduler.release
+    cancel, release, step = TokenStream.cancel, engine.scheduler.release, engine.step
+    steps = [0]
+
+    def counted_step():
+        steps[0] += 1
+        return step()
 
     def cancel_noting_the_step(stream):
-        cancelled_at.setdefault(stream.request_id, engine.steps)
+        cancelled_at.setdefault(stream.request_id, steps[0])
         cancel(stream)
 
     def release_noting_the_step(request, status):
-        released_at[request.request_id] = (engine.steps, status.value)
+        released_at[request.request_id] = (steps[0], status.value)
         release(request, status)
 
+    monkeypatch.setattr(engine, "step", counted_step)
     monkeypatch.setattr(TokenStream, "cancel", cancel_noting_the_step)
     monkeypatch.setattr(engine.scheduler, "release", release_noting_the_step)
     async with serve(synthesizer) as (client, app):
@@ -92,10 +98,10 @@ async def test_a_failing_generation_fails_alone_with_its_request_id(synthesizer,
     else:  # the failure of one request inside a decode batch it shares with the others
         accept = engine._accept
 
-        def failing_accept(request, token, now):
-            if poisoned([request]) and len(request.generated) == 3:  # before any audio
+        def failing_accept(out, token):
+            if poisoned([out.request]) and len(out.request.generated) == 3:  # before any audio
                 raise RuntimeError("injected token failure")
-            accept(request, token, now)
+            accept(out, token)
 
         monkeypatch.setattr(engine, "_accept", failing_accept)
 
@@ -130,16 +136,8 @@ def one_slot_synth(demo_config):
     synth.close()
 
 
-async def test_a_full_engine_queue_answers_429_at_once_and_the_event_loop_keeps_turning(one_slot_synth):
-    lags = []
-
-    async def watch_the_loop():
-        while True:
-            before = time.perf_counter()
-            await asyncio.sleep(0.01)
-            lags.append(time.perf_counter() - before - 0.01)
-
-    watcher = asyncio.create_task(watch_the_loop())
+async def test_a_full_engine_queue_answers_429_at_once_while_the_others_wait(one_slot_synth):
+    # How long the event loop stalls meanwhile is measured by bench/event_loop.py, not here.
     async with serve(one_slot_synth, max_in_flight=100) as (client, app):
         leave = asyncio.Event()
         holder = asyncio.create_task(call_asgi(app, V1, {**LONG, "stream": True},
@@ -147,24 +145,19 @@ async def test_a_full_engine_queue_answers_429_at_once_and_the_event_loop_keeps_
         await until(lambda: _running(one_slot_synth, 1), 10, "the slot taken")
         waiting = asyncio.create_task(client.post(V1, json=SHORT))
         await until(lambda: _queued(one_slot_synth, 1), 10, "the queue filled")
-        started = time.perf_counter()
         refused = await asyncio.gather(*(client.post(V1, json=SHORT) for _ in range(5)),
                                        client.post("/v1/audio/speech", json={"input": "Hi.", "max_new_tokens": 100}))
-        refused_in = time.perf_counter() - started
+        still_full = not waiting.done() and not holder.done()  # answered without waiting for a place
         health = await client.get("/health")
         leave.set()
         served = await waiting
         await holder
         assert app.state.server.admission.count == 0
-    watcher.cancel()
-    print(f"\nfull queue: {len(refused)} answered {sorted({r.status_code for r in refused})} in {refused_in:.3f} s, "
-          f"longest event-loop stall {max(lags) * 1000:.0f} ms")
-    assert [r.status_code for r in refused] == [429] * 6 and refused_in < 1.0
+    assert [r.status_code for r in refused] == [429] * 6 and still_full
     assert all(r.headers["retry-after"] == "1" for r in refused)
     assert refused[0].json() == {"error": "too many requests: the generation queue is full; retry shortly"}
     assert refused[-1].json()["error"]["type"] == "requests"
     assert health.status_code == 200 and served.status_code == 200
-    assert max(lags) < 0.5, f"the event loop stalled for {max(lags):.2f} s"
 
 
 async def _queued(synth, n: int) -> bool:

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from orpheus_local import format as fmt
-from orpheus_local.checkpoint import load_tokenizer
+from orpheus_local import tokens as fmt
+from orpheus_local.weights.checkpoint import load_tokenizer
 
 
 @pytest.fixture(scope="module")

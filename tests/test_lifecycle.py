@@ -20,11 +20,11 @@ import httpx
 import numpy as np
 import pytest
 import uvicorn
+from soak.process import free_port
 
 from server.app import build_app
 from server.lifecycle import GracefulServer
 from server.settings import ServerSettings
-from soak.process import free_port
 
 V1 = "/v1/orpheus-3b-0.1"
 FRAME_SAMPLES = 2048
@@ -93,10 +93,9 @@ async def test_ready_is_503_until_the_warm_up_ends():
     app = build_app(synth, ServerSettings(warmup=True))
     async with app.router.lifespan_context(app):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
-            for _ in range(5):
+            for _ in range(5):  # however often it is asked, while the warm-up is held
                 early = await client.get("/ready")
                 assert early.status_code == 503 and early.json() == {"status": "loading"}
-                await asyncio.sleep(0.02)
             synth.warm_up_done.set()
             await wait_ready(client)
 
@@ -111,8 +110,8 @@ async def test_one_log_line_per_request_and_per_job(caplog):
             await wait_ready(client)
             answered = await client.post(V1, json={"text": "Hello."})
             job_id = (await client.post("/v2/orpheus-3b-0.1", json={"text": "Hello."})).json()["request_id"]
-            while (await client.get(f"/v2/requests/{job_id}/status")).json()["status"] != "COMPLETED":
-                await asyncio.sleep(0.01)
+            await asyncio.wait([app.state.server.jobs.get(job_id).task])
+            assert (await client.get(f"/v2/requests/{job_id}/status")).json()["status"] == "COMPLETED"
             await client.get("/no/such/path")
     lines = [(r.levelno, r.fields) for r in caplog.records if r.name == "server.requests"]
 
@@ -190,7 +189,7 @@ async def test_when_the_grace_period_is_over_what_is_left_is_cancelled():
 
 
 def start_demo_server(demo_dirs, port: int, *flags: str) -> subprocess.Popen:
-    command = [sys.executable, "-m", "orpheus_local", "serve", "--demo", "--demo-dir", str(demo_dirs[0].parent),
+    command = [sys.executable, "-m", "orpheus_cli", "serve", "--demo", "--demo-dir", str(demo_dirs[0].parent),
                "--device", "cpu", "--port", str(port), *flags]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)

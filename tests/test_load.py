@@ -15,7 +15,6 @@ import time
 
 import httpx
 import pytest
-
 from soak.loadgen import KINDS, Summary, parse_metrics, run_load
 from soak.process import start_server
 

@@ -3,10 +3,16 @@
 import pytest
 import torch
 
-from orpheus_local import format as fmt
-from orpheus_local.demo import build_demo_model, llama_config
-from orpheus_local.model import KVCache, LlamaConfig, LlamaModel, bytes_per_token, default_slot_count
+from orpheus_local import tokens as fmt
+from orpheus_local.model import (
+    KVCache,
+    LlamaConfig,
+    LlamaModel,
+    bytes_per_token,
+    default_slot_count,
+)
 from orpheus_local.model.llama import rope_inv_freq
+from orpheus_local.weights.demo import build_demo_model, llama_config
 
 ATOL = 1e-4
 DECODE_STEPS = 50

@@ -20,9 +20,9 @@ from types import SimpleNamespace
 import pytest
 from pydantic import SecretStr
 
-from orpheus_local import checkpoint as ck
-from orpheus_local.checkpoint import CheckpointError
-from orpheus_local.integrity import safetensors_problem
+from orpheus_local.weights import checkpoint as ck
+from orpheus_local.weights.checkpoint import CheckpointError
+from orpheus_local.weights.integrity import safetensors_problem
 from server.logs import JsonFormatter, TextFormatter, log_settings
 from server.main import main as serve_main
 from server.settings import ServerSettings

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from orpheus_local import format as fmt
-from orpheus_local.checkpoint import load_tokenizer
-from orpheus_local.engine.reference import FrameConstraint, ReferenceGenerator
+from orpheus_local import tokens as fmt
 from orpheus_local.params import SynthesisParams
+from orpheus_local.reference.generator import FrameConstraint, ReferenceGenerator
+from orpheus_local.weights.checkpoint import load_tokenizer
 
 
 @pytest.fixture(scope="module")

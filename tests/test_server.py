@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import io
 import json
 import logging
@@ -21,12 +22,11 @@ import httpx
 import numpy as np
 import pytest
 
-from orpheus_local.audio import FORMATS
-from orpheus_local.checkpoint import CheckpointError
-from orpheus_local.errors import QueueFullError
-from orpheus_local.crossfade import CROSSFADE_SAMPLES
-from orpheus_local.params import DEFAULT_VOICE, VOICES
-from orpheus_local.text import part_chars, split_text
+from orpheus_local.audio.crossfade import CROSSFADE_SAMPLES
+from orpheus_local.audio.encoders import FORMATS
+from orpheus_local.params import DEFAULT_VOICE, VOICES, SynthesisParams
+from orpheus_local.text.split import part_chars, split_text
+from orpheus_local.weights.checkpoint import CheckpointError
 from server.app import build_app
 from server.settings import ServerSettings
 
@@ -48,8 +48,9 @@ SAMPLES_PER_FRAME = 2048
 class FakeSynth:
     """Stands in for the Synthesizer where a test needs a failure, or a generation that waits."""
 
-    def __init__(self, error: Exception | None = None, chunks: int = 1, wait: bool = False):
+    def __init__(self, error: Exception | None = None, chunks: int = 1, wait: bool = False, fail_after: bool = False):
         self.error = error
+        self.fail_after = fail_after  # raise the error after the chunks, not before
         self.chunks = chunks
         self.release = asyncio.Event()
         if not wait:
@@ -60,10 +61,12 @@ class FakeSynth:
     async def stream(self, params, request_id=None, on_guard=None, whole_file=False):
         self.started.set()
         try:
-            if self.error is not None:
+            if self.error is not None and not self.fail_after:
                 raise self.error
             for _ in range(self.chunks):
                 yield np.full(SAMPLES_PER_FRAME, 0.1, np.float32)
+            if self.error is not None:
+                raise self.error
             await self.release.wait()
         finally:
             self.closed.set()
@@ -104,10 +107,11 @@ def assert_whole_frames(samples: int) -> None:
     assert samples > 0 and samples % SAMPLES_PER_FRAME == 0, samples
 
 
-async def call_asgi(app, path: str, payload: dict, disconnect_when=None, disconnect_after: float | None = None):
+async def call_asgi(app, path: str, payload: dict, disconnect_when=None, disconnect_after: float | None = None,
+                    on_send=None):
     """POST straight to the ASGI app, timing each body chunk. The client goes away once
-    disconnect_when(message) is true for a message sent, or after disconnect_after seconds.
-    Returns (status, headers, [(seconds, bytes)])."""
+    disconnect_when(message) is true for a message sent, or after disconnect_after seconds;
+    on_send(message) sees every message as it is sent. Returns (status, headers, [(seconds, bytes)])."""
     body = json.dumps(payload).encode()
     scope = {
         "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
@@ -140,6 +144,8 @@ async def call_asgi(app, path: str, payload: dict, disconnect_when=None, disconn
             headers = {k.decode(): v.decode() for k, v in message["headers"]}
         elif message.get("body"):
             chunks.append((time.perf_counter() - start, message["body"]))
+        if on_send is not None:
+            on_send(message)
         if disconnect_when is not None and disconnect_when(message):
             gone.set()
 
@@ -201,14 +207,18 @@ async def test_streamed_wav(synthesizer):
 
 async def test_streamed_audio_leaves_while_the_generation_goes_on():
     synth = FakeSynth(wait=True)  # one chunk of audio, then nothing until released
+    generating_when_sent = []
+
+    def release_after_the_first_audio(message):
+        if message.get("body"):
+            generating_when_sent.append(not synth.release.is_set())
+            synth.release.set()
+
     async with serve(synth) as (_, app):
-        asyncio.get_running_loop().call_later(0.5, synth.release.set)
-        start = time.perf_counter()
-        status, _, chunks = await call_asgi(app, V1, {**SHORT, "stream": True})
-        ended = time.perf_counter() - start
-    assert status == 200 and ended >= 0.5
-    (sent, data), = chunks
-    assert sent < 0.25 and len(data) == 44 + 2 * SAMPLES_PER_FRAME
+        status, _, chunks = await call_asgi(app, V1, {**SHORT, "stream": True}, on_send=release_after_the_first_audio)
+    assert status == 200 and generating_when_sent[0]  # the first audio left before the generation could end
+    (_, data), = chunks
+    assert len(data) == 44 + 2 * SAMPLES_PER_FRAME
 
 
 # Finishing 2000 tokens takes several seconds on a CPU; a cancelled generation stops within a step.
@@ -386,7 +396,7 @@ async def test_voices_and_models():
 
 @pytest.mark.parametrize("payload, status, param, message", [
     ({}, 400, "input", "input: is required"),
-    ({"input": ""}, 400, "text", "text: must not be empty"),
+    ({"input": ""}, 400, "input", "input: must not be empty"),
     ({"input": "Hi", "voice": "alloy"}, 400, "voice", "voice: unknown voice 'alloy'"),
     ({"input": "Hi", "speed": 4.5}, 400, "speed", "speed: Input should be less than or equal to 4"),
     ({"input": "Hi", "response_format": "ogg"}, 400, "response_format", "response_format: Input should be"),
@@ -524,14 +534,36 @@ async def test_too_many_in_flight_is_429_with_retry_after():
     assert refused[3].json()["error"]["type"] == "requests"
 
 
-async def test_full_engine_queue_is_429():
-    async with serve(FakeSynth(error=QueueFullError("16 requests are already waiting"))) as (client, app):
-        response = await client.post(V1, json=SHORT)
-        streamed = await client.post(V1, json={**SHORT, "stream": True})
-        assert app.state.server.admission.count == 0
+async def test_full_engine_queue_is_429(demo_config):
+    from orpheus_local.pipeline.synthesizer import Synthesizer
+
+    synth = Synthesizer.load(dataclasses.replace(demo_config, backend="engine", max_slots=1, max_queue=1))
+    try:
+        running = synth.stream_ids(SynthesisParams(text="Busy.", max_new_tokens=2000, seed=1), ignore_eos=True)
+        await anext(running)  # holds the only slot
+        waiting = synth.submit_ids(SynthesisParams(text="Waiting.", seed=2))  # holds the only queue place
+        async with serve(synth) as (client, app):
+            response = await client.post(V1, json=SHORT)
+            streamed = await client.post(V1, json={**SHORT, "stream": True})
+            assert app.state.server.admission.count == 0
+        waiting.cancel()
+        await running.aclose()
+    finally:
+        synth.close()
     for r in (response, streamed):
         assert r.status_code == 429 and r.headers["retry-after"] == "1"
         assert r.json() == {"error": "too many requests: the generation queue is full; retry shortly"}
+
+
+async def test_a_failure_after_the_first_streamed_byte_cuts_the_stream_and_is_logged(caplog):
+    messages = []
+    async with serve(FakeSynth(error=RuntimeError("secret internals"), fail_after=True)) as (_, app):
+        with pytest.raises(Exception):  # the server can only drop the connection now
+            await call_asgi(app, V1, {**SHORT, "stream": True}, on_send=messages.append)
+    bodies = [m for m in messages if m["type"] == "http.response.body"]
+    assert messages[0]["status"] == 200 and bodies and all(m.get("more_body") for m in bodies)  # never completed
+    request_id = dict(messages[0]["headers"])[b"x-request-id"].decode()
+    assert f"generation of request {request_id} failed" in caplog.text and "secret internals" in caplog.text
 
 
 async def test_generation_failure_is_500_with_request_id_and_no_trace(caplog):

@@ -14,11 +14,11 @@ import wave
 
 import httpx
 import pytest
+from soak.process import free_port
 
-from orpheus_local.checkpoint import CheckpointError, resolve_model_dir
+from orpheus_local.weights.checkpoint import CheckpointError, resolve_model_dir
 from server.main import main
 from server.settings import ServerSettings
-from soak.process import free_port
 
 SHORT = {"text": "Hello there.", "voice": "tara", "max_new_tokens": 100, "seed": 1}
 
@@ -70,7 +70,7 @@ def test_unreadable_keys_file_exits_with_a_message(tmp_path, demo_dirs, capsys):
 
 
 def test_load_failure_in_the_lifespan_stops_the_server(monkeypatch, tmp_path, capsys):
-    from orpheus_local.synth import Synthesizer
+    from orpheus_local.pipeline.synthesizer import Synthesizer
 
     def fail(config):
         raise CheckpointError("cannot download Orpheus model 'someone/else': hub error 500.")
@@ -84,7 +84,7 @@ def test_serve_demo_process_answers_over_tcp(demo_config, demo_dirs):
     port = free_port()
     command = [shutil.which("orpheus-local") or sys.executable, "serve"]
     if command[0] == sys.executable:
-        command[1:1] = ["-m", "orpheus_local.cli"]
+        command[1:1] = ["-m", "orpheus_cli.main"]
     command += ["--demo", "--demo-dir", str(demo_dirs[0].parent), "--device", "cpu",
                 "--backend", demo_config.backend, "--port", str(port)]
     env = {**os.environ, "OMP_NUM_THREADS": "2"}

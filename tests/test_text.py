@@ -6,7 +6,8 @@ import re
 import pytest
 
 from orpheus_local.params import SynthesisParams
-from orpheus_local.text import MAX_PART_CHARS, SUPPORTED_TAGS, TAG, check_tags, split_text
+from orpheus_local.text.split import MAX_PART_CHARS, split_text
+from orpheus_local.text.tags import SUPPORTED_TAGS, TAG, check_tags
 
 SENTENCES = [
     "Today has been... exhausting.",

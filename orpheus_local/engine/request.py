@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import enum
-import time
 from dataclasses import dataclass, field
 
-from .. import format as fmt
-from ..params import SynthesisParams
-from .stream import TokenStream
+from orpheus_local.params import SynthesisParams
 
 
 class Status(enum.Enum):
@@ -21,27 +18,31 @@ class Status(enum.Enum):
 
 @dataclass(eq=False)
 class Request:
+    """One generation. Owned by the engine's stepping thread once added, except `aborted`, which
+    abort() sets from any thread under the scheduler's lock."""
+
     request_id: str
     prompt_ids: list[int]
     params: SynthesisParams
-    stream: TokenStream
     seed: int
     ignore_eos: bool = False
     max_tokens: int = 0  # ids to sample at most; 0: params.max_new_tokens
     status: Status = Status.WAITING
     slot: int | None = None
     generated: list[int] = field(default_factory=list)
-    submitted_at: float = field(default_factory=time.perf_counter)
-    first_token_at: float | None = None
-
-    @property
-    def frame_position(self) -> int:
-        """Position inside the 7-token frame of the next token to sample."""
-        return len(self.generated) % fmt.FRAME_TOKENS
-
-    @property
-    def cancelled(self) -> bool:
-        return self.stream.cancelled.is_set()
+    aborted: bool = False
 
     def budget_left(self) -> int:
         return (self.max_tokens or self.params.max_new_tokens) - len(self.generated)
+
+
+@dataclass(eq=False)
+class StepOutput:
+    """What one step did for one request: whole frames of new audio ids, and whether it ended
+    (reason "stop" or "length", or an error; a cancelled request ends with neither)."""
+
+    request: Request
+    ids: list[int] = field(default_factory=list)
+    finished: bool = False
+    reason: str | None = None
+    error: BaseException | None = None

@@ -12,11 +12,11 @@ import logging
 
 import torch
 
-from ..config import EngineConfig
-from ..model.kv_cache import KVCache, default_slot_count
-from ..model.llama import LlamaModel
-from ..model.sampler import Sampler
-from .request import Request
+from orpheus_local.config import EngineConfig
+from orpheus_local.engine.request import Request
+from orpheus_local.model.kv_cache import KVCache, default_slot_count
+from orpheus_local.model.llama import LlamaModel
+from orpheus_local.model.sampler import Sampler
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,8 @@
-"""Scheduler: waiting and running requests, admission into KV-cache slots, cancellation.
+"""Scheduler: waiting and running requests, admission into KV-cache slots, aborts.
 
-Pure bookkeeping: no tensors. submit() is called from the event loop, everything else from the
-engine thread; the lock guards the waiting queue, the only state both sides touch.
+Pure bookkeeping: no tensors. add(), abort() and stats() may be called from any thread; everything
+else from the thread that steps the engine. One lock guards what both sides touch: the waiting
+queue, the running list's membership and the requests' aborted flags.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ import heapq
 import threading
 from collections import deque
 
-from ..errors import QueueFullError
-from .request import Request, Status
+from orpheus_local.engine.request import Request, Status
+from orpheus_local.errors import QueueFullError
 
 
 class Scheduler:
@@ -23,37 +24,42 @@ class Scheduler:
         # Lowest free slot first: running slots stay packed at the low end, where decode runs in place.
         self.free_slots = list(range(num_slots))
         self._lock = threading.Lock()
-        self.wakeup = threading.Event()
 
-    def submit(self, request: Request) -> None:
+    def add(self, request: Request) -> None:
         with self._lock:
             if len(self.waiting) >= self.max_queue:
                 raise QueueFullError(f"{self.max_queue} requests are already waiting for a slot")
             self.waiting.append(request)
-        self.wakeup.set()
+
+    def abort(self, request: Request) -> None:
+        """Mark a request to leave at the next step, wherever it is."""
+        with self._lock:
+            request.aborted = True
 
     def admit(self) -> tuple[list[Request], list[Request]]:
-        """Move waiting requests into free slots. Returns (admitted, dropped because cancelled)."""
+        """Move waiting requests into free slots. Returns (admitted, dropped because aborted)."""
         admitted, dropped = [], []
         with self._lock:
             while self.waiting and self.free_slots:
                 request = self.waiting.popleft()
-                if request.cancelled:
+                if request.aborted:
                     request.status = Status.CANCELLED
                     dropped.append(request)
                     continue
                 request.slot = heapq.heappop(self.free_slots)
                 request.status = Status.RUNNING
                 admitted.append(request)
-        self.running.extend(admitted)
+            self.running.extend(admitted)
         return admitted, dropped
 
-    def cancelled_running(self) -> list[Request]:
-        return [r for r in self.running if r.cancelled]
+    def aborted_running(self) -> list[Request]:
+        with self._lock:
+            return [r for r in self.running if r.aborted]
 
     def release(self, request: Request, status: Status) -> None:
         """Take a request out of the running batch and give its slot back."""
-        self.running.remove(request)
+        with self._lock:
+            self.running.remove(request)
         request.status = status
         heapq.heappush(self.free_slots, request.slot)
 
@@ -64,7 +70,9 @@ class Scheduler:
         return drained
 
     def has_work(self) -> bool:
-        return bool(self.running or self.waiting)
+        with self._lock:
+            return bool(self.running or self.waiting)
 
     def stats(self) -> dict:
-        return {"queued": len(self.waiting), "running": len(self.running), "slots": self.num_slots}
+        with self._lock:
+            return {"queued": len(self.waiting), "running": len(self.running), "slots": self.num_slots}

@@ -24,9 +24,9 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from torch import Tensor, nn
 
-from .. import format as fmt
-from ..checkpoint import CheckpointError, load_config
-from .kv_cache import KVCache
+from orpheus_local import tokens as fmt
+from orpheus_local.model.kv_cache import KVCache
+from orpheus_local.weights.checkpoint import CheckpointError, load_config
 
 log = logging.getLogger(__name__)
 

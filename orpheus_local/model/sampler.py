@@ -12,14 +12,13 @@ Per-slot state lives on the device and every step is fixed-shape tensor work (CU
 
 from __future__ import annotations
 
-import secrets
 from typing import Iterable
 
 import torch
 from torch import Tensor
 
-from .. import format as fmt
-from ..counter_rng import M32, mix32, seed_key
+from orpheus_local import tokens as fmt
+from orpheus_local.counter_rng import M32, mix32, seed_key
 
 COLUMNS = fmt.CODEBOOK_SIZE + 1  # per row: 4096 audio ids + end_of_speech
 STOP_COLUMN = fmt.CODEBOOK_SIZE
@@ -42,11 +41,9 @@ class Sampler:
         self.seen = torch.zeros(num_slots, AUDIO_IDS + 1, dtype=torch.bool, device=device)
 
     def reset(self, slot: int, *, temperature: float, top_p: float, repetition_penalty: float,
-              top_k: int | None = None, allow_stop: bool = True, seed: int | None = None,
-              prompt_ids: Iterable[int] = ()) -> int:
-        """Start a new request in `slot`; returns its seed (a random one when seed is None).
+              seed: int, top_k: int | None = None, allow_stop: bool = True, prompt_ids: Iterable[int] = ()) -> None:
+        """Start a new request in `slot` (its seed chosen by the engine: the request's, or a fresh one).
         allow_stop=False: end_of_speech is never picked (a forced length)."""
-        seed = secrets.randbits(63) if seed is None else seed
         self.temperature[slot] = temperature
         self.top_p[slot] = top_p
         self.penalty[slot] = repetition_penalty
@@ -58,7 +55,6 @@ class Sampler:
         seen = [_seen_index(i) for i in prompt_ids if fmt.is_audio_id(i) or i == fmt.END_OF_SPEECH]
         if seen:
             self.seen[slot, torch.tensor(seen, device=self.seen.device)] = True
-        return seed
 
     def frame_positions(self, slots: Tensor) -> Tensor:
         """[B] frame position (0..6) of each slot's next id: generation starts on a frame boundary."""

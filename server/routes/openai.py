@@ -11,7 +11,7 @@ from typing import AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from orpheus_local.audio import FORMATS, StreamEncoder, audio_format
+from orpheus_local.audio.encoders import FORMATS, StreamEncoder, audio_format
 from orpheus_local.params import DEFAULT_VOICE, VOICES
 
 from ..body import JSON, MULTIPART, read_fields
@@ -37,11 +37,12 @@ async def speech(request: Request, state: State) -> Response:
     request_id = uuid.uuid4().hex
     headers = {"X-Request-Id": request_id}
     if not body.stream:
-        chunks = pcm_chunks(synth, params, request_id, state.metrics, whole_file=True)
-        audio = await whole_file(request, state.admission, chunks, body.response_format, body.speed)
+        chunks = pcm_chunks(synth, params, request_id, state.metrics, whole_file=True, text_field="input")
+        audio = await whole_file(request, state.admission, state.encoders, chunks, body.response_format, body.speed)
         return Response(audio, media_type=audio_format(body.response_format).content_type, headers=headers)
     encoder = StreamEncoder(body.response_format, speed=body.speed)
-    audio = encoded(state.admission, pcm_chunks(synth, params, request_id, state.metrics), encoder)
+    chunks = pcm_chunks(synth, params, request_id, state.metrics, text_field="input")
+    audio = encoded(state.admission, state.encoders, chunks, encoder)
     if body.stream_format == "sse":
         return await start_stream(_sse_events(audio), "text/event-stream", headers)
     return await start_stream(audio, encoder.content_type, headers)

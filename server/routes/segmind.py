@@ -8,7 +8,7 @@ import uuid
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from orpheus_local.audio import StreamEncoder
+from orpheus_local.audio.encoders import StreamEncoder
 
 from ..auth import CLIENT_KEY
 from ..body import JSON, MULTIPART, read_fields
@@ -42,8 +42,9 @@ async def synthesize(request: Request, state: State) -> Response:
     if body.stream:
         # The generation time is unknown when the headers leave, so a stream goes without it.
         encoder = StreamEncoder("wav", speed=body.speed)
-        return await start_stream(encoded(state.admission, chunks, encoder), encoder.content_type, headers)
-    audio = await whole_file(request, state.admission, chunks, "wav", body.speed)
+        return await start_stream(encoded(state.admission, state.encoders, chunks, encoder), encoder.content_type,
+                                  headers)
+    audio = await whole_file(request, state.admission, state.encoders, chunks, "wav", body.speed)
     headers["X-Generation-Time"] = f"{time.perf_counter() - started:.3f}"
     return Response(audio, media_type="audio/wav", headers=headers)
 

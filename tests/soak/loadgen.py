@@ -18,6 +18,8 @@ from typing import Callable
 import av
 import httpx
 
+from bench.playback import percentile
+
 V1 = "/v1/orpheus-3b-0.1"
 V2 = "/v2/orpheus-3b-0.1"
 SPEECH = "/v1/audio/speech"
@@ -185,12 +187,9 @@ async def run_load(base_url: str, *, concurrency: int, requests: int | None = No
     return outcomes
 
 
-def percentile(values: list[float], q: float) -> float | None:
-    """The q-th percentile (nearest rank), None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+def optional_percentile(values: list[float], q: float) -> float | None:
+    """bench's percentile, None (not nan) for no values: a summary field that may be absent."""
+    return percentile(values, q) if values else None
 
 
 @dataclass
@@ -212,9 +211,9 @@ class Summary:
             attempts=len(outcomes),
             by_status=dict(sorted(Counter(str(o.status) for o in outcomes).items())),
             served=len(served),
-            ttfa_p50_s=percentile(streamed, 50),
-            ttfa_p99_s=percentile(streamed, 99),
-            latency_p99_s=percentile([o.total_s for o in served], 99),
+            ttfa_p50_s=optional_percentile(streamed, 50),
+            ttfa_p99_s=optional_percentile(streamed, 99),
+            latency_p99_s=optional_percentile([o.total_s for o in served], 99),
         )
 
     def line(self) -> str:

@@ -69,7 +69,7 @@ def _collect(process: subprocess.Popen, lines: list[str]) -> None:
 def serve_command(*flags: str) -> list[str]:
     command = [shutil.which("orpheus-local") or sys.executable, "serve"]
     if command[0] == sys.executable:
-        command[1:1] = ["-m", "orpheus_local.cli"]
+        command[1:1] = ["-m", "orpheus_cli.main"]
     return command + list(flags)
 
 

@@ -21,7 +21,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, where the soak package lives
 
-from soak.loadgen import Outcome, Summary, parse_metrics, percentile, run_load  # noqa: E402
+from soak.loadgen import Outcome, Summary, optional_percentile, parse_metrics, run_load  # noqa: E402
 from soak.process import rss_bytes, start_server  # noqa: E402
 
 
@@ -56,7 +56,7 @@ class Progress:
         window, self.window = self.window, []
         served = [o for o in window if o.status == 200 and o.complete]
         failed = [o for o in window if o.status not in (200, 429) or (o.status == 200 and not o.complete)]
-        ttfa = percentile([o.ttfa_s for o in served if o.ttfa_s is not None and o.kind not in ("v1", "v2")], 99)
+        ttfa = optional_percentile([o.ttfa_s for o in served if o.ttfa_s is not None and o.kind not in ("v1", "v2")], 99)
         return (f"{time.monotonic() - self.started:7.0f} s  served {len(served) / interval:5.2f}/s  "
                 f"429 {sum(o.status == 429 for o in window):5d}  failed {len(failed):3d}  "
                 f"ttfa p99 {'-' if ttfa is None else f'{ttfa:.2f} s':>8}  "

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import format as fmt
+from orpheus_local import tokens as fmt
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from . import format as fmt
-from .counter_rng import mix32, normal, seed_key
+from orpheus_local import tokens as fmt
+from orpheus_local.counter_rng import mix32, normal, seed_key
 
 
 def new_noise_key() -> int:

@@ -24,17 +24,22 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from typing import TYPE_CHECKING, AsyncIterator, Callable
+from typing import AsyncIterator, Callable
 
 import numpy as np
 
-from . import format as fmt
-from .crossfade import Crossfade
-from .guards import GuardLimits, RepeatWatch, Runaway, SilenceWatch, token_budget
-from .params import SynthesisParams
-
-if TYPE_CHECKING:
-    from .synth import Synthesizer
+from orpheus_local import tokens as fmt
+from orpheus_local.audio.crossfade import Crossfade
+from orpheus_local.audio.worker import AudioStream
+from orpheus_local.engine.stream import TokenStream
+from orpheus_local.params import SynthesisParams
+from orpheus_local.pipeline.guards import (
+    GuardLimits,
+    RepeatWatch,
+    Runaway,
+    SilenceWatch,
+    token_budget,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +49,10 @@ _END = object()
 
 # Called with (guard, action) each time a guard fires; action is "regenerate" or "truncate".
 GuardListener = Callable[[str, str], None]
+# What a part needs from the synthesizer: start a generation (-> its TokenStream), open an audio
+# stream on the codec worker (noise key, whole_file=...) (-> its AudioStream).
+SubmitIds = Callable[..., TokenStream]
+OpenAudio = Callable[..., AudioStream]
 
 
 def part_seed(seed: int | None, index: int, attempt: int) -> int | None:
@@ -58,10 +67,11 @@ def part_seed(seed: int | None, index: int, attempt: int) -> int | None:
 class Part:
     """One part's generation, started by start(); its PCM chunks wait in a queue until chunks()."""
 
-    def __init__(self, synth: "Synthesizer", params: SynthesisParams, request_id: str, index: int, *,
-                 limits: GuardLimits | None, ignore_eos: bool = False, on_guard: GuardListener | None = None,
-                 whole_file: bool = False):
-        self.synth = synth
+    def __init__(self, submit_ids: SubmitIds, open_audio: OpenAudio, params: SynthesisParams, request_id: str,
+                 index: int, *, limits: GuardLimits | None, ignore_eos: bool = False,
+                 on_guard: GuardListener | None = None, whole_file: bool = False):
+        self.submit_ids = submit_ids
+        self.open_audio = open_audio
         self.params = params
         self.request_id = request_id
         self.index = index
@@ -119,7 +129,7 @@ class Part:
         """Generate and decode the part once, queueing its chunks; the guard that fired, if one did."""
         params = self.params.replace(seed=part_seed(self.params.seed, self.index, attempt))
         engine_id = self.request_id if self.index == attempt == 0 else f"{self.request_id}-{self.index}.{attempt}"
-        audio = self.synth.codec_worker.open(params.seed, whole_file=self.whole_file)
+        audio = self.open_audio(params.seed, whole_file=self.whole_file)
         feeder = asyncio.create_task(self._feed(audio, params, engine_id))
         silence = SilenceWatch(self.limits) if self.limits else None
         try:
@@ -129,7 +139,7 @@ class Part:
                 self._queue.put_nowait(pcm)
             return await feeder
         finally:
-            audio.close()
+            audio.cancel()
             if not feeder.done():
                 feeder.cancel()  # the listener left, or the silence guard fired: stop generating
             await asyncio.gather(feeder, return_exceptions=True)
@@ -138,33 +148,28 @@ class Part:
         """Generated ids -> whole frames -> the part's decoder; stops early when the repeat guard fires."""
         budget = token_budget(params.text, params.max_new_tokens, self.limits) if self.limits else None
         repeats = RepeatWatch(self.limits) if self.limits else None
-        pending: list[int] = []
         generated = 0
         runaway = None
         ids_stream = None
         try:
-            ids_stream = self.synth.submit_ids(params, engine_id, ignore_eos=self.ignore_eos,
+            ids_stream = self.submit_ids(params, engine_id, ignore_eos=self.ignore_eos,
                                                max_tokens=budget or 0)
-            async for ids in ids_stream:
+            async for ids in ids_stream:  # whole frames, from either backend
                 generated += len(ids)
-                pending.extend(ids)
-                whole = len(pending) // fmt.FRAME_TOKENS * fmt.FRAME_TOKENS
                 # Frame by frame: a repeat stops at the frame that fired, however ids were batched.
-                for frame in fmt.ids_to_frames(pending[:whole]):
+                for frame in fmt.ids_to_frames(ids):
                     audio.push(frame)
                     if repeats and (runaway := repeats.push(frame[None])):
                         break
-                del pending[:whole]
                 if runaway:
                     break
         except BaseException as exc:
-            audio.error = exc
-            audio.close()
+            audio.fail(exc)
             raise
         finally:
             if ids_stream is not None:
                 ids_stream.cancel()  # leaving the loop early stops the engine request now
-        audio.finish()  # an incomplete last frame (cut by max_new_tokens) is dropped
+        audio.end_frames()  # (the backends never hand out an incomplete last frame)
         if runaway is None and budget and generated >= budget:  # the engine stopped it at the budget
             runaway = Runaway("budget", f"no end_of_speech within {budget} tokens")
         if runaway is None and not self.ignore_eos and ids_stream.finish_reason == "length":

@@ -16,7 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .integrity import ExpectedFile, download_problems, safetensors_problem
+from orpheus_local.weights.integrity import (
+    ExpectedFile,
+    download_problems,
+    safetensors_problem,
+)
 
 log = logging.getLogger(__name__)
 

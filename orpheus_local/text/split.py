@@ -1,4 +1,4 @@
-"""The text of a request: emotive tags, and splitting long text into parts that one generation can speak.
+"""Splitting long text into parts that one generation can speak.
 
 One Orpheus generation drifts on long inputs and is capped by max_new_tokens (1200 tokens is about
 14.6 s), so long text is split at sentence boundaries (pysbd's rule-based segmenter: abbreviations,
@@ -12,13 +12,8 @@ from __future__ import annotations
 import re
 from bisect import bisect_left, bisect_right
 
-from .format import TOKENS_PER_SECOND
-
-# The emotive tags the fine-tuned model was trained with; any other tag is read aloud as words.
-SUPPORTED_TAGS = ("laugh", "chuckle", "sigh", "cough", "sniffle", "groan", "yawn", "gasp")
-# Anything in angle brackets without spaces: also catches the tokenizer's special tokens
-# (<|eot_id|>, <custom_token_N>), which would otherwise break the prompt.
-TAG = re.compile(r"<([^<>\s]+)>")
+from orpheus_local.text.tags import TAG
+from orpheus_local.tokens import TOKENS_PER_SECOND
 
 # Longer parts drift even when max_new_tokens would allow them.
 MAX_PART_CHARS = 200
@@ -30,14 +25,6 @@ EDGE_SECONDS = 1.0
 MIN_PART_CHARS = 16  # a few words: below that a part would cut words, whatever its budget
 _CLAUSE_END = re.compile(r"[,;:\u2013\u2014)](?=\s)")  # , ; : en dash, em dash, closing parenthesis
 _SPACE = re.compile(r"\s")
-
-
-def check_tags(text: str) -> None:
-    """ValueError naming the first tag the model does not know."""
-    for match in TAG.finditer(text):
-        if match.group(1) not in SUPPORTED_TAGS:
-            known = " ".join(f"<{tag}>" for tag in SUPPORTED_TAGS)
-            raise ValueError(f"text: unsupported tag {match.group(0)}; the supported tags are {known}")
 
 
 def part_chars(max_new_tokens: int) -> int:

@@ -6,7 +6,6 @@ generated ids, then the Orpheus frame constraint, then temperature, then top_k (
 
 from __future__ import annotations
 
-import queue
 import threading
 from dataclasses import dataclass
 
@@ -23,10 +22,8 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-from .. import format as fmt
-from ..errors import QueueFullError
-from ..params import SynthesisParams
-from .stream import TokenStream
+from orpheus_local import tokens as fmt
+from orpheus_local.params import SynthesisParams
 
 
 class FrameConstraint(LogitsProcessor):
@@ -123,72 +120,3 @@ class _seeded:
             self._fork.__exit__(*exc)
         finally:
             self._lock.release()
-
-
-class _StreamerToTokenStream:
-    """transformers streamer that forwards each new audio id to a TokenStream."""
-
-    def __init__(self, stream):
-        self.stream = stream
-        self._prompt_seen = False
-        self.stopped = False  # end_of_speech was sampled
-
-    def put(self, value: torch.Tensor) -> None:
-        if not self._prompt_seen:  # generate() first hands over the prompt
-            self._prompt_seen = True
-            return
-        values = value.reshape(-1).tolist()
-        self.stopped = self.stopped or fmt.END_OF_SPEECH in values
-        ids = [i for i in values if fmt.is_audio_id(i)]
-        if ids:
-            self.stream.put(ids)
-
-    def end(self) -> None:
-        pass
-
-
-class ReferenceBackend:
-    """Serves requests one at a time through ReferenceGenerator on a worker thread."""
-
-    def __init__(self, generator: ReferenceGenerator, max_queue: int):
-        self.generator = generator
-        self._queue: "queue.Queue" = queue.Queue(maxsize=max_queue)
-        self._running = 0
-        self._thread = threading.Thread(target=self._run, name="orpheus-reference", daemon=True)
-        self._thread.start()
-
-    def submit(self, prompt_ids: list[int], params: SynthesisParams, request_id: str, *, ignore_eos: bool = False,
-               max_tokens: int = 0):
-
-        stream = TokenStream(request_id)
-        try:
-            self._queue.put_nowait((stream, prompt_ids, params, ignore_eos, max_tokens))
-        except queue.Full:
-            raise QueueFullError(f"{self._queue.maxsize} requests are already waiting") from None
-        return stream
-
-    def stats(self) -> dict:
-        return {"queued": self._queue.qsize(), "running": self._running}
-
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while (item := self._queue.get()) is not None:
-            stream, prompt_ids, params, ignore_eos, max_tokens = item
-            if stream.cancelled.is_set():
-                stream.finish()
-                continue
-            self._running = 1
-            try:
-                streamer = _StreamerToTokenStream(stream)
-                self.generator.generate(
-                    prompt_ids, params, ignore_eos=ignore_eos, max_tokens=max_tokens,
-                    streamer=streamer, cancelled=stream.cancelled,
-                )
-                stream.finish(reason=None if stream.cancelled.is_set() else "stop" if streamer.stopped else "length")
-            except Exception as exc:  # one failing request must not stop the worker
-                stream.finish(exc)
-            finally:
-                self._running = 0

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import format as fmt
+from orpheus_local import tokens as fmt
 
 # 30 ms: long enough to hide the step between two parts, short enough not to smear a syllable.
 CROSSFADE_SAMPLES = int(0.03 * fmt.SAMPLE_RATE)

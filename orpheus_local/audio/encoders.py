@@ -19,7 +19,8 @@ from fractions import Fraction
 import av
 import numpy as np
 
-SAMPLE_RATE = 24000
+from orpheus_local.tokens import SAMPLE_RATE
+
 SPEED_MIN, SPEED_MAX = 0.25, 4.0
 _UNKNOWN_LENGTH = 0xFFFFFFFF  # RIFF/data size of a WAV stream whose end is not known yet
 

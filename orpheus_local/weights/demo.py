@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from . import format as fmt
+from orpheus_local import tokens as fmt
 
 SNAC_24KHZ_CONFIG = {
     "sampling_rate": 24000, "encoder_dim": 48, "encoder_rates": [2, 4, 8, 8],
@@ -141,7 +141,7 @@ def build_demo_snac(dest: Path, seed: int = 0) -> Path:
 
 def build_demo_checkpoint(root: Path, seed: int = 0, shape: str = "tiny") -> tuple[Path, Path]:
     """root/model and root/snac, built once: an existing complete build is reused."""
-    from .checkpoint import missing_model_files, missing_snac_files
+    from orpheus_local.weights.checkpoint import missing_model_files, missing_snac_files
 
     root = Path(root)
     model_dir, snac_dir = root / f"orpheus-{shape}-seed{seed}", root / f"snac-seed{seed}"

@@ -7,14 +7,16 @@ import asyncio
 import logging
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 
-from .checkpoint import DEFAULT_WEIGHTS_DIR, CheckpointError
-from .params import RANGES, TOP_K_RANGE, VOICES, SynthesisParams
+from orpheus_local.params import RANGES, TOP_K_RANGE, VOICES, SynthesisParams
+from orpheus_local.tokens import SAMPLE_RATE
+from orpheus_local.weights.checkpoint import DEFAULT_WEIGHTS_DIR, CheckpointError
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    from .config import EngineConfig
+    from orpheus_local.config import EngineConfig
 
     d = EngineConfig()
     p.add_argument("--weights", default=d.model, help="Orpheus model directory or hub id (default: %(default)s)")
@@ -26,15 +28,15 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _engine_config(args):
-    from .config import EngineConfig
+    from orpheus_local.config import EngineConfig
 
     return EngineConfig(model=args.weights, snac=args.snac, demo=args.demo, device=args.device,
                         dtype=args.dtype, backend=args.backend, max_slots=1)
 
 
 def cmd_synth(args) -> int:
-    from .audio import encode_audio
-    from .synth import Synthesizer
+    from orpheus_local.audio.encoders import encode_audio
+    from orpheus_local.pipeline.synthesizer import Synthesizer
 
     try:
         params = SynthesisParams(
@@ -55,13 +57,13 @@ def cmd_synth(args) -> int:
     out = Path(args.output)
     fmt_name = out.suffix.lstrip(".").lower() or "wav"
     out.write_bytes(encode_audio(pcm, fmt_name))
-    seconds = len(pcm) / synth.sample_rate
+    seconds = len(pcm) / SAMPLE_RATE
     print(f"wrote {out}: {seconds:.2f} s of audio in {elapsed:.2f} s")
     return 0
 
 
 def cmd_fetch(args) -> int:
-    from .checkpoint import fetch_weights
+    from orpheus_local.weights.checkpoint import fetch_weights
 
     model_dir, snac_dir = fetch_weights(args.dest)
     print(f"model: {model_dir}\ncodec: {snac_dir}")
@@ -78,11 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("synth", help="synthesize one text to an audio file")
     s.add_argument("text")
     s.add_argument("-o", "--output", default="out.wav", help="output file; the suffix picks the format (wav, mp3, flac, opus, aac, pcm)")
-    s.add_argument("--voice", default="tara", choices=VOICES)
-    s.add_argument("--temperature", type=float, default=0.6, help=f"{RANGES['temperature']}")
-    s.add_argument("--top-p", type=float, default=0.95, help=f"{RANGES['top_p']}")
-    s.add_argument("--max-new-tokens", type=int, default=1200, help=f"{RANGES['max_new_tokens']}")
-    s.add_argument("--repetition-penalty", type=float, default=1.1, help=f"{RANGES['repetition_penalty']}")
+    d = {f.name: f.default for f in fields(SynthesisParams)}  # the API's defaults, one source
+    s.add_argument("--voice", default=d["voice"], choices=VOICES, help="default: %(default)s")
+    for name, kind in (("temperature", float), ("top_p", float), ("max_new_tokens", int), ("repetition_penalty", float)):
+        low, high = RANGES[name]
+        s.add_argument(f"--{name.replace('_', '-')}", type=kind, default=d[name],
+                       help=f"{low} to {high} (default: %(default)s)")
     s.add_argument("--top-k", type=int, default=None, help=f"{TOP_K_RANGE} (default: no top-k)")
     s.add_argument("--seed", type=int, default=None, help="make the result reproducible")
     _add_model_args(s)
@@ -105,7 +108,11 @@ def main(argv: list[str] | None = None) -> int:
 
         return serve_main(argv[1:])
     if argv and argv[0] == "bench":
-        from bench.latency import main as bench_main
+        try:
+            from bench.latency import main as bench_main
+        except ImportError as exc:  # the benchmark's own dependencies are an extra
+            print(f"error: {exc}; install them with: pip install 'orpheus-local[bench]'", file=sys.stderr)
+            return 2
 
         return bench_main(argv[1:])
     args = build_parser().parse_args(argv)

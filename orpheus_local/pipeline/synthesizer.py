@@ -10,60 +10,53 @@ import asyncio
 import logging
 import uuid
 from contextlib import aclosing
-from dataclasses import dataclass
 from typing import AsyncIterator
 
 import numpy as np
 
-from . import format as fmt
-from .checkpoint import load_snac, load_tokenizer, resolve_model_dir, resolve_snac_dir
-from .codec import SnacCodec
-from .codec_worker import CodecWorker
-from .config import EngineConfig
-from .crossfade import CROSSFADE_SAMPLES
-from .guards import GuardLimits
-from .params import SynthesisParams
-from .parts import GuardListener, Part, join_parts
-from .text import part_chars, split_text
+from orpheus_local import tokens as fmt
+from orpheus_local.audio.crossfade import CROSSFADE_SAMPLES
+from orpheus_local.audio.snac import SnacCodec
+from orpheus_local.audio.worker import CodecWorker
+from orpheus_local.config import EngineConfig
+from orpheus_local.params import SynthesisParams
+from orpheus_local.pipeline.guards import GuardLimits
+from orpheus_local.pipeline.parts import GuardListener, Part, join_parts
+from orpheus_local.text.split import part_chars, split_text
+from orpheus_local.weights.checkpoint import (
+    load_snac,
+    load_tokenizer,
+    resolve_model_dir,
+    resolve_snac_dir,
+)
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class LoadedModel:
-    model_dir: str
-    snac_dir: str
-    device: str
-    dtype: str
-    demo: bool
-
-
 class Synthesizer:
-    sample_rate = fmt.SAMPLE_RATE
+    """Takes a started backend (engine driver or reference) and a started codec worker; close()
+    stops both. load() builds and starts them from a configuration."""
 
-    def __init__(self, tokenizer, backend, codec, info: LoadedModel):
+    def __init__(self, tokenizer, backend, codec_worker: CodecWorker):
         self.tokenizer = tokenizer
         self.backend = backend
-        self.codec = codec
-        self.codec_worker = CodecWorker(codec)
-        self.info = info
+        self.codec_worker = codec_worker
         self.guard_limits = GuardLimits()  # the thresholds of every part's guards
 
     @classmethod
     def load(cls, config: EngineConfig) -> "Synthesizer":
         device, dtype = config.resolved_device(), config.resolved_dtype()
         if config.demo:
-            from .demo import build_demo_checkpoint
+            from orpheus_local.weights.demo import build_demo_checkpoint
 
             model_dir, snac_dir = build_demo_checkpoint(config.demo_dir)
         else:
             model_dir, snac_dir = resolve_model_dir(config.model), resolve_snac_dir(config.snac)
         tokenizer = load_tokenizer(model_dir)
-        codec = SnacCodec(load_snac(snac_dir, device), device)
-        backend = _load_backend(config, model_dir, device, dtype)
-        info = LoadedModel(str(model_dir), str(snac_dir), device, dtype, config.demo)
+        codec_worker = CodecWorker(SnacCodec(load_snac(snac_dir, device), device)).start()
+        backend = _load_backend(config, model_dir, device, dtype).start()
         log.info("loaded %s (%s, %s) with the %s backend", model_dir, device, dtype, config.backend)
-        return cls(tokenizer, backend, codec, info)
+        return cls(tokenizer, backend, codec_worker)
 
     def prompt_ids(self, params: SynthesisParams) -> list[int]:
         return fmt.build_prompt(self.tokenizer, params.text, params.voice)
@@ -110,8 +103,8 @@ class Synthesizer:
             texts = await asyncio.to_thread(split_text, params.text, max_chars)
         limits = None if ignore_eos else self.guard_limits
         parts = [
-            Part(self, params.replace(text=text), request_id, i, limits=limits, ignore_eos=ignore_eos,
-                 on_guard=on_guard, whole_file=whole_file)
+            Part(self.submit_ids, self.codec_worker.open, params.replace(text=text), request_id, i, limits=limits,
+                 ignore_eos=ignore_eos, on_guard=on_guard, whole_file=whole_file)
             for i, text in enumerate(texts)
         ]
         async with aclosing(join_parts(parts, CROSSFADE_SAMPLES)) as audio:
@@ -132,12 +125,15 @@ class Synthesizer:
 
 
 def _load_backend(config: EngineConfig, model_dir, device: str, dtype: str):
+    """The backend named by the configuration, built but not started."""
     if config.backend == "reference":
-        from .engine.reference import ReferenceBackend, ReferenceGenerator
+        from orpheus_local.reference.backend import ReferenceBackend
+        from orpheus_local.reference.generator import ReferenceGenerator
 
         return ReferenceBackend(ReferenceGenerator.load(model_dir, device, dtype), config.max_queue)
     if config.backend == "engine":
-        from .engine.engine import Engine
+        from orpheus_local.engine.core import EngineCore
+        from orpheus_local.engine.driver import EngineDriver
 
-        return Engine.load(config, model_dir, device, dtype)
+        return EngineDriver(EngineCore.load(config, model_dir, device, dtype))
     raise ValueError(f"backend: unknown backend {config.backend!r} (engine or reference)")

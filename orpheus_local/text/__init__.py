@@ -1,0 +1,1 @@
+"""The text of a request: emotive tags, and splitting long text into parts."""
