@@ -30,7 +30,8 @@ IDLE_TRIM_S = 1.0
 
 
 class Admission:
-    """Counts requests generating or waiting for the engine and refuses more than `limit` (429)."""
+    """Counts requests generating or waiting for the engine and refuses more than `limit` (429).
+    Event loop only: no lock, since acquire and release never run on another thread."""
 
     def __init__(self, limit: int):
         self.limit = limit

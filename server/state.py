@@ -40,6 +40,7 @@ class ServerState:
         self.synth: Synthesizer | None = None
         self.owns_synth = False
         self.ready = False
+        self.loaded = asyncio.Event()  # set once loading has ended, ready or failed
         self.draining = False  # stopping: requests in flight finish, new ones get 503
         self.load_error: str | None = None
         self.metrics.watch(
@@ -75,9 +76,11 @@ class ServerState:
             self.load_error = str(exc)
             if on_error is not None:
                 on_error(exc)
-            return
-        self.ready = True
-        log.info("ready to serve")
+        else:
+            self.ready = True
+            log.info("ready to serve")
+        finally:
+            self.loaded.set()
 
     async def close(self) -> None:
         self.ready = False

@@ -8,15 +8,9 @@ import base64
 import csv
 import io
 import json
-import os
 import random
-import shutil
-import signal
 import struct
-import subprocess
-import sys
 import threading
-import time
 import wave
 from contextlib import redirect_stdout
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import numpy as np
 import pytest
-from soak.process import free_port
+from support.process import free_port, start_server
 
 from bench.audio_meter import AudioError, PcmMeter, WavMeter, meter_for
 from bench.latency import main
@@ -44,30 +38,12 @@ def server(demo_dirs, demo_config, tmp_path_factory):
     """Base URL of `orpheus-local serve --demo` requiring API key KEY."""
     keys = tmp_path_factory.mktemp("keys") / "keys.txt"
     keys.write_text(f"# bench tests\n{KEY}\n")
-    port = free_port()
-    command = [shutil.which("orpheus-local") or sys.executable, "serve"]
-    if command[0] == sys.executable:
-        command[1:1] = ["-m", "orpheus_cli.main"]
-    command += ["--demo", "--demo-dir", str(demo_dirs[0].parent), "--device", "cpu", "--backend",
-                demo_config.backend, "--port", str(port), "--api-keys-file", str(keys), "--log-level", "warning"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env={**os.environ, "OMP_NUM_THREADS": "1"})
-    base = f"http://127.0.0.1:{port}"
+    process = start_server("--demo", "--demo-dir", str(demo_dirs[0].parent), "--device", "cpu", "--backend",
+                           demo_config.backend, "--api-keys-file", str(keys), "--log-level", "warning")
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, process.communicate()[0]
-            assert time.monotonic() < deadline, "the server never became ready"
-            try:
-                if httpx.get(f"{base}/ready").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        yield base
+        yield process.base_url
     finally:
-        process.send_signal(signal.SIGINT)
-        process.communicate(timeout=30)
+        process.stop(timeout=30)
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from support.asgi import SHORT, V1, serve
 
 from orpheus_local import tokens as fmt
 from orpheus_local.audio.snac import SnacCodec
@@ -296,7 +297,6 @@ def test_a_stored_head_of_the_wrong_shape_is_a_load_error(tied_with_head):
 
 
 async def test_length_cuts_are_counted_in_the_metrics(synthesizer):
-    from test_server import SHORT, V1, serve
 
     async with serve(synthesizer) as (client, app):
         response = await client.post(V1, json=SHORT)  # "Hello there.", 100 tokens: under the budget guard

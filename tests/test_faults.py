@@ -9,7 +9,8 @@ import time
 
 import pytest
 from soak.loadgen import parse_metrics
-from test_server import SHORT, V1, V2, FakeSynth, call_asgi, read_wav, serve
+from support.asgi import SHORT, V1, V2, FakeSynth, call_asgi, serve
+from support.wav import wav_samples
 
 from orpheus_local.engine.stream import TokenStream
 from orpheus_local.pipeline.synthesizer import Synthesizer
@@ -75,7 +76,7 @@ async def test_a_client_gone_mid_stream_frees_its_slot_at_the_next_engine_step(s
     step, how = released_at[request_id]
     print(f"\nclient gone mid-stream: slot freed {step - cancelled_at[request_id]} step(s) after the cancel")
     assert how == "cancelled" and step - cancelled_at[request_id] <= 1  # the step under way, then freed
-    assert stayed.status_code == 200 and read_wav(stayed.content) > 0  # its neighbour carried on
+    assert stayed.status_code == 200 and wav_samples(stayed.content) > 0  # its neighbour carried on
     assert after["orpheus_requests_in_flight"] == after["orpheus_requests_running"] == 0
 
 
@@ -121,7 +122,7 @@ async def test_a_failing_generation_fails_alone_with_its_request_id(synthesizer,
         assert response.status_code == 500
         assert response.json() == {"error": f"generation failed (request {request_id})"}
     assert [r.status_code for r in completed] == [200, 200, 200]
-    assert all(read_wav(r.content) > 0 for r in completed)
+    assert all(wav_samples(r.content) > 0 for r in completed)
     assert f"injected {where} failure" in caplog.text  # the cause stays in the log
 
 

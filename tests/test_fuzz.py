@@ -9,11 +9,9 @@ limit, take seconds. Complete audio under load is tests/test_load.py's business.
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import time
-import wave
 from collections import Counter
 from contextlib import aclosing
 from pathlib import Path
@@ -24,6 +22,7 @@ import schemathesis
 from hypothesis import HealthCheck, example, given, settings
 from schemathesis.python import asgi
 from starlette.testclient import TestClient
+from support.wav import wav_samples
 
 from orpheus_local.audio.encoders import FORMATS
 from orpheus_local.params import RANGES, SynthesisParams
@@ -80,19 +79,6 @@ def check_answer(path: str, status: int, headers, content: bytes) -> None:
         assert isinstance(error, str) and error
 
 
-def wav_frames(content: bytes) -> int:
-    """Samples of a 24 kHz mono 16-bit WAV file, whole or streamed (length fields "unknown")."""
-    with wave.open(io.BytesIO(content)) as w:
-        assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (24000, 1, 2)
-        frames = w.getnframes()
-        data = w.readframes(frames)
-    if content[4:8] == b"\xff\xff\xff\xff":  # streamed: the data runs to the end
-        assert len(content) == 44 + len(data) and len(data) % 2 == 0
-        return len(data) // 2
-    assert len(data) == 2 * frames
-    return frames
-
-
 def poll(condition, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -144,7 +130,7 @@ def test_every_route_answers_2xx_or_a_4xx_with_the_contract_error_body(case):
     headers = {name.lower(): values[0] for name, values in response.headers.items()}
     check_answer(case.path, response.status_code, headers, response.content)
     if response.status_code == 200 and case.path == V1:
-        wav_frames(response.content)  # a whole WAV file, streamed or not
+        wav_samples(response.content)  # a whole WAV file, streamed or not
     if response.status_code == 200 and case.path == SPEECH:
         assert headers["content-type"].split(";")[0] in (
             {f.content_type for f in FORMATS.values()} | {"text/event-stream"})
@@ -226,7 +212,7 @@ def test_any_text_gets_audio_or_a_4xx_naming_the_text(text_client, text, route):
     check_answer(route, response.status_code, response.headers, response.content)
     if response.status_code == 200:
         assert response.headers["content-type"] == "audio/wav"
-        wav_frames(response.content)
+        wav_samples(response.content)
     else:
         error = response.json()["error"]
         message = error if route == V1 else error["message"]

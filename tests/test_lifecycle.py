@@ -5,22 +5,19 @@ real `orpheus-local serve --demo` processes."""
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import logging
-import os
 import signal
-import subprocess
-import sys
 import time
-import wave
 from contextlib import asynccontextmanager
 
 import httpx
 import numpy as np
 import pytest
 import uvicorn
-from soak.process import free_port
+from support.asgi import wait_ready
+from support.process import ServerProcess, free_port, start_server
+from support.wav import wav_samples
 
 from server.app import build_app
 from server.lifecycle import GracefulServer
@@ -63,7 +60,7 @@ class HeldSynth:
         self.closed = True
 
 
-async def wait_ready(client: httpx.AsyncClient, timeout: float = 20.0) -> None:
+async def wait_listening_and_ready(client: httpx.AsyncClient, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -73,16 +70,6 @@ async def wait_ready(client: httpx.AsyncClient, timeout: float = 20.0) -> None:
             pass
         assert time.monotonic() < deadline, "the server never became ready"
         await asyncio.sleep(0.05)
-
-
-def wav_samples(data: bytes) -> int:
-    """Checks a streamed 24 kHz mono 16-bit WAV (its length fields say "unknown"); returns its sample count."""
-    assert data[:4] == b"RIFF" and data[8:12] == b"WAVE"
-    with wave.open(io.BytesIO(data)) as w:
-        assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (24000, 1, 2)
-    audio_bytes = len(data) - WAV_HEADER_BYTES
-    assert audio_bytes > 0 and audio_bytes % 2 == 0
-    return audio_bytes // 2
 
 
 # --- in process ------------------------------------------------------------------------------
@@ -97,7 +84,7 @@ async def test_ready_is_503_until_the_warm_up_ends():
                 early = await client.get("/ready")
                 assert early.status_code == 503 and early.json() == {"status": "loading"}
             synth.warm_up_done.set()
-            await wait_ready(client)
+            await wait_ready(app)
 
 
 async def test_one_log_line_per_request_and_per_job(caplog):
@@ -107,7 +94,8 @@ async def test_one_log_line_per_request_and_per_job(caplog):
     caplog.set_level(logging.DEBUG, logger="server.requests")
     async with app.router.lifespan_context(app):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
-            await wait_ready(client)
+            await wait_ready(app)
+            assert (await client.get("/ready")).status_code == 200  # a probe: logged at debug level only
             answered = await client.post(V1, json={"text": "Hello."})
             job_id = (await client.post("/v2/orpheus-3b-0.1", json={"text": "Hello."})).json()["request_id"]
             await asyncio.wait([app.state.server.jobs.get(job_id).task])
@@ -142,7 +130,7 @@ async def graceful_server(grace_s: float):
     serving = asyncio.create_task(server.serve())
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-            await wait_ready(client)
+            await wait_listening_and_ready(client)
             yield server, synth, client, serving
     finally:
         server.should_exit = True
@@ -188,26 +176,8 @@ async def test_when_the_grace_period_is_over_what_is_left_is_cancelled():
 # --- real processes ----------------------------------------------------------------------------
 
 
-def start_demo_server(demo_dirs, port: int, *flags: str) -> subprocess.Popen:
-    command = [sys.executable, "-m", "orpheus_cli", "serve", "--demo", "--demo-dir", str(demo_dirs[0].parent),
-               "--device", "cpu", "--port", str(port), *flags]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-
-
-def wait_until_ready(process: subprocess.Popen, client: httpx.Client, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        assert process.poll() is None, f"the server exited early:\n{process.communicate()[0]}"
-        assert time.monotonic() < deadline, "the server never became ready"
-        try:
-            ready = client.get("/ready")
-            if ready.status_code == 200:
-                return
-            assert ready.json() == {"status": "loading"}  # 503 until loaded and warmed up
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
+def start_demo_server(demo_dirs, *flags: str) -> ServerProcess:
+    return start_server("--demo", "--demo-dir", str(demo_dirs[0].parent), "--device", "cpu", *flags)
 
 
 def json_lines(output: str) -> list[dict]:
@@ -215,28 +185,25 @@ def json_lines(output: str) -> list[dict]:
 
 
 def test_sigterm_during_a_request_finishes_it_then_exits_0(demo_dirs):
-    port = free_port()
-    process = start_demo_server(demo_dirs, port, "--log-format", "json", "--shutdown-grace-s", "60")
+    server = start_demo_server(demo_dirs, "--log-format", "json", "--shutdown-grace-s", "60")
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
-            wait_until_ready(process, client)
+        with httpx.Client(base_url=server.base_url, timeout=60) as client:
             # about 3 s of generating on a CPU: still in flight when the signal comes
             payload = {"text": SENTENCE, "voice": "tara", "max_new_tokens": 300, "seed": 1, "stream": True}
             with client.stream("POST", V1, json=payload) as in_flight:
                 chunks = in_flight.iter_raw()
                 body = next(chunks)  # generating
-                process.send_signal(signal.SIGTERM)
+                server.signal(signal.SIGTERM)
                 with httpx.Client(base_url=client.base_url, timeout=10) as other:
                     refused = other.post(V1, json={"text": "Hello."})
                     ready = other.get("/ready")
                 body += b"".join(chunks)
                 request_id = in_flight.headers["x-request-id"]
-        output, _ = process.communicate(timeout=30)
+        code = server.wait(timeout=30)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    assert process.returncode == 0, output
+        server.stop()
+    output = server.output
+    assert code == 0, output
     assert wav_samples(body) > FRAME_SAMPLES
     assert refused.status_code == 503 and refused.headers["retry-after"] == "5"
     assert refused.json() == {"error": "the server is shutting down; retry shortly"}
@@ -255,24 +222,22 @@ def test_sigterm_during_a_request_finishes_it_then_exits_0(demo_dirs):
 
 
 def test_a_second_signal_exits_at_once(demo_dirs):
-    port = free_port()
-    process = start_demo_server(demo_dirs, port, "--no-warmup", "--shutdown-grace-s", "60")
+    server = start_demo_server(demo_dirs, "--no-warmup", "--shutdown-grace-s", "60")
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
-            wait_until_ready(process, client)
+        with httpx.Client(base_url=server.base_url, timeout=60) as client:
             payload = {"text": SENTENCE, "voice": "tara", "max_new_tokens": 1000, "seed": 1, "stream": True}
             with client.stream("POST", V1, json=payload) as in_flight:
                 # Keep the iterator: dropping it closes the connection, and the server then cancels.
                 chunks = in_flight.iter_raw()
                 next(chunks)
-                process.send_signal(signal.SIGTERM)
-                time.sleep(0.3)
-                assert process.poll() is None  # draining: the request is still generating
-                process.send_signal(signal.SIGTERM)
-                process.wait(timeout=5)
+                server.signal(signal.SIGTERM)
+                # draining: the request still generates, and /ready says so (an answer, not a timer)
+                with httpx.Client(base_url=server.base_url, timeout=10) as other:
+                    assert other.get("/ready").json() == {"status": "draining"}
+                assert server.process.poll() is None
+                server.signal(signal.SIGTERM)
+                code = server.wait(timeout=5)
     finally:
-        if process.poll() is None:
-            process.kill()
-        output, _ = process.communicate()
-    assert process.returncode == 128 + signal.SIGTERM, output
-    assert "SIGTERM again: exiting now" in output
+        server.stop()
+    assert code == 128 + signal.SIGTERM, server.output
+    assert "SIGTERM again: exiting now" in server.output

@@ -16,7 +16,7 @@ import time
 import httpx
 import pytest
 from soak.loadgen import KINDS, Summary, parse_metrics, run_load
-from soak.process import start_server
+from support.process import start_server
 
 CONCURRENCY = 64
 # CI-sized (the demo codec serves about 1.5 requests a second on 2 CPU cores): one request a client,

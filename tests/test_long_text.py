@@ -4,15 +4,14 @@ guards that regenerate or end a runaway part, speed on both APIs, and the length
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import random
-import wave
 from contextlib import asynccontextmanager
 
-import httpx
 import numpy as np
 import pytest
+from support.asgi import SPEECH, V1, V2, serve
+from support.wav import wav_samples
 
 from orpheus_local import tokens as fmt
 from orpheus_local.audio.crossfade import CROSSFADE_SAMPLES, Crossfade, equal_power_mix
@@ -29,11 +28,9 @@ from orpheus_local.pipeline.guards import (
 from orpheus_local.pipeline.parts import WINDOW, part_seed
 from orpheus_local.pipeline.synthesizer import Synthesizer
 from orpheus_local.text.split import part_chars, split_text
-from server.app import build_app
 from server.settings import ServerSettings
 
 FRAME = fmt.SAMPLES_PER_FRAME
-V1, V2, SPEECH = "/v1/orpheus-3b-0.1", "/v2/orpheus-3b-0.1", "/v1/audio/speech"
 SENTENCES = ("The quick brown fox jumps over the lazy dog. <laugh> Pack my box with five dozen liquor jugs! "
              "How vexingly quick daft zebras jump? ")
 
@@ -300,22 +297,6 @@ async def test_a_part_that_runs_away_again_is_ended_where_the_guard_fires(caplog
 
 
 # --- the demo model ----------------------------------------------------------------------------
-
-
-@asynccontextmanager
-async def serve(synth, **settings):
-    app = build_app(synth, ServerSettings(warmup=False, **settings))
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
-            while (await client.get("/ready")).status_code != 200:
-                await asyncio.sleep(0.02)
-            yield client, app
-
-
-def wav_samples(data: bytes) -> int:
-    with wave.open(io.BytesIO(data)) as w:
-        assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (24000, 1, 2)
-        return w.getnframes()
 
 
 async def test_demo_model_joins_its_parts_with_the_crossfades(synthesizer):

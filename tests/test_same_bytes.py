@@ -7,8 +7,9 @@ import asyncio
 import filecmp
 import struct
 
+from support.asgi import SHORT, SPEECH, V1, V2, serve
+from support.wav import wav_samples
 from test_cli import run_cli
-from test_server import SHORT, SPEECH, V1, V2, read_wav, serve
 
 from orpheus_local.params import SynthesisParams
 
@@ -43,7 +44,7 @@ async def test_same_bytes_alone_beside_three_streams_and_as_a_v2_job(synthesizer
     async with serve(synthesizer) as (client, app):
         alone = await client.post(V1, json=SEEDED)
         assert alone.status_code == 200, alone.text
-        assert read_wav(alone.content) > 0
+        assert wav_samples(alone.content) > 0
         running_at_submit.clear()
 
         others = await busy_generations(synthesizer, 3)
@@ -80,7 +81,7 @@ async def test_openai_whole_file_has_real_sizes_and_the_same_audio(synthesizer):
     data = whole.content
     riff_size, = struct.unpack("<I", data[4:8])
     data_size, = struct.unpack("<I", data[40:44])
-    assert riff_size == len(data) - 8 and data_size == len(data) - 44 == 2 * read_wav(data)
+    assert riff_size == len(data) - 8 and data_size == len(data) - 44 == 2 * wav_samples(data)
     assert data == v1.content
     assert streamed.content[4:8] == streamed.content[40:44] == b"\xff\xff\xff\xff"  # as OpenAI streams
     assert sse_whole.status_code == 400 and sse_whole.json()["error"]["param"] == "stream"

@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 
 import httpx
 import pytest
-from test_server import SHORT, SPEECH, V1, V2, FakeSynth, serve
+from support.asgi import SHORT, SPEECH, V1, V2, FakeSynth, serve
 
 from server import auth
 from server.app import build_app

@@ -14,25 +14,19 @@ import json
 import logging
 import threading
 import time
-import wave
-from contextlib import asynccontextmanager
 
 import av
-import httpx
-import numpy as np
 import pytest
+from support.asgi import SHORT, SPEECH, V1, V2, FakeSynth, call_asgi, serve, wait_ready
+from support.wav import wav_samples
 
 from orpheus_local.audio.crossfade import CROSSFADE_SAMPLES
 from orpheus_local.audio.encoders import FORMATS
 from orpheus_local.params import DEFAULT_VOICE, VOICES, SynthesisParams
 from orpheus_local.text.split import part_chars, split_text
+from orpheus_local.tokens import SAMPLES_PER_FRAME
 from orpheus_local.weights.checkpoint import CheckpointError
-from server.app import build_app
-from server.settings import ServerSettings
 
-V1 = "/v1/orpheus-3b-0.1"
-V2 = "/v2/orpheus-3b-0.1"
-SPEECH = "/v1/audio/speech"
 DOCUMENTED = {
     "text": "Today has been... exhausting. <sigh> I need a nap.",
     "voice": "tara",
@@ -41,117 +35,12 @@ DOCUMENTED = {
     "max_new_tokens": 100,
     "repetition_penalty": 1.1,
 }
-SHORT = {"text": "Hello there.", "voice": "tara", "max_new_tokens": 100, "seed": 1}
-SAMPLES_PER_FRAME = 2048
-
-
-class FakeSynth:
-    """Stands in for the Synthesizer where a test needs a failure, or a generation that waits."""
-
-    def __init__(self, error: Exception | None = None, chunks: int = 1, wait: bool = False, fail_after: bool = False):
-        self.error = error
-        self.fail_after = fail_after  # raise the error after the chunks, not before
-        self.chunks = chunks
-        self.release = asyncio.Event()
-        if not wait:
-            self.release.set()
-        self.started = asyncio.Event()
-        self.closed = asyncio.Event()
-
-    async def stream(self, params, request_id=None, on_guard=None, whole_file=False):
-        self.started.set()
-        try:
-            if self.error is not None and not self.fail_after:
-                raise self.error
-            for _ in range(self.chunks):
-                yield np.full(SAMPLES_PER_FRAME, 0.1, np.float32)
-            if self.error is not None:
-                raise self.error
-            await self.release.wait()
-        finally:
-            self.closed.set()
-
-    def stats(self) -> dict:
-        return {"queued": 0, "running": 0}
-
-
-@asynccontextmanager
-async def serve(synth, base_url: str = "http://testserver", on_load_error=None, **settings):
-    """(client, app) for a started app; returns once it is ready unless settings say otherwise."""
-    settings.setdefault("warmup", False)
-    app = build_app(synth, ServerSettings(**settings), on_load_error=on_load_error)
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=base_url) as client:
-            if not callable(synth):
-                await wait_ready(client)
-            yield client, app
-
-
-async def wait_ready(client: httpx.AsyncClient, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while (await client.get("/ready")).status_code != 200:
-        assert time.monotonic() < deadline, "the server never became ready"
-        await asyncio.sleep(0.02)
-
-
-def read_wav(data: bytes) -> int:
-    """Checks a complete 24 kHz mono 16-bit WAV and returns its sample count."""
-    with wave.open(io.BytesIO(data)) as w:
-        assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (24000, 1, 2)
-        frames = w.getnframes()
-        assert len(w.readframes(frames)) == 2 * frames
-    return frames
 
 
 def assert_whole_frames(samples: int) -> None:
     assert samples > 0 and samples % SAMPLES_PER_FRAME == 0, samples
 
 
-async def call_asgi(app, path: str, payload: dict, disconnect_when=None, disconnect_after: float | None = None,
-                    on_send=None):
-    """POST straight to the ASGI app, timing each body chunk. The client goes away once
-    disconnect_when(message) is true for a message sent, or after disconnect_after seconds;
-    on_send(message) sees every message as it is sent. Returns (status, headers, [(seconds, bytes)])."""
-    body = json.dumps(payload).encode()
-    scope = {
-        "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
-        "method": "POST", "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
-        "root_path": "", "client": ("127.0.0.1", 50000), "server": ("testserver", 80),
-        "headers": [(b"host", b"testserver"), (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode())],
-    }
-    gone = asyncio.Event()
-    if disconnect_after is not None:
-        asyncio.get_running_loop().call_later(disconnect_after, gone.set)
-    sent_body = False
-    start = time.perf_counter()
-    status, headers, chunks = None, {}, []
-
-    async def receive():
-        nonlocal sent_body
-        if not sent_body:
-            sent_body = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        await gone.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message):
-        nonlocal status, headers
-        if gone.is_set():
-            return  # as uvicorn does (ASGI spec 2.3): what is sent after a disconnect goes nowhere
-        if message["type"] == "http.response.start":
-            status = message["status"]
-            headers = {k.decode(): v.decode() for k, v in message["headers"]}
-        elif message.get("body"):
-            chunks.append((time.perf_counter() - start, message["body"]))
-        if on_send is not None:
-            on_send(message)
-        if disconnect_when is not None and disconnect_when(message):
-            gone.set()
-
-    await app(scope, receive, send)
-    gone.set()
-    return status, headers, chunks
 
 
 async def wait_idle(synth, timeout: float) -> None:
@@ -177,7 +66,7 @@ async def test_documented_request_returns_a_wav(synthesizer):
     # (the demo model never says end_of_speech), joined with crossfades.
     parts = len(split_text(DOCUMENTED["text"], part_chars(DOCUMENTED["max_new_tokens"])))
     assert parts == 5
-    assert read_wav(response.content) == parts * 14 * SAMPLES_PER_FRAME - (parts - 1) * CROSSFADE_SAMPLES
+    assert wav_samples(response.content) == parts * 14 * SAMPLES_PER_FRAME - (parts - 1) * CROSSFADE_SAMPLES
 
 
 async def test_multipart_body_with_numeric_strings_and_unknown_fields(synthesizer):
@@ -188,7 +77,7 @@ async def test_multipart_body_with_numeric_strings_and_unknown_fields(synthesize
         response = await client.post(V1, data=form, files={"attachment": ("a.txt", b"unused")})
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "audio/wav"
-    assert_whole_frames(read_wav(response.content))
+    assert_whole_frames(wav_samples(response.content))
 
 
 async def test_streamed_wav(synthesizer):
@@ -286,7 +175,7 @@ async def test_v2_job_goes_from_queued_to_completed_and_serves_its_audio(synthes
 
         audio = await client.get(body["output"])
         assert audio.status_code == 200 and audio.headers["content-type"] == "audio/wav"
-        assert_whole_frames(read_wav(audio.content))
+        assert_whole_frames(wav_samples(audio.content))
 
 
 async def test_v2_result_is_forgotten_after_its_time(synthesizer):
@@ -591,7 +480,7 @@ async def test_not_ready_while_loading_then_ready(synthesizer):
         ready = await client.get("/ready")
         refused = [await client.post(V1, json=SHORT), await client.post(SPEECH, json={"input": "Hi"})]
         loaded.set()
-        await wait_ready(client)
+        await wait_ready(app)
         assert (await client.get("/ready")).json() == {"status": "ready"}
         assert app.state.server.owns_synth
         app.state.server.owns_synth = False  # the session fixture closes it

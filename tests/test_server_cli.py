@@ -3,18 +3,12 @@ process answering over TCP."""
 
 from __future__ import annotations
 
-import io
-import os
-import shutil
 import signal
-import subprocess
-import sys
-import time
-import wave
 
 import httpx
 import pytest
-from soak.process import free_port
+from support.process import start_server
+from support.wav import wav_samples
 
 from orpheus_local.weights.checkpoint import CheckpointError, resolve_model_dir
 from server.main import main
@@ -81,42 +75,24 @@ def test_load_failure_in_the_lifespan_stops_the_server(monkeypatch, tmp_path, ca
 
 
 def test_serve_demo_process_answers_over_tcp(demo_config, demo_dirs):
-    port = free_port()
-    command = [shutil.which("orpheus-local") or sys.executable, "serve"]
-    if command[0] == sys.executable:
-        command[1:1] = ["-m", "orpheus_cli.main"]
-    command += ["--demo", "--demo-dir", str(demo_dirs[0].parent), "--device", "cpu",
-                "--backend", demo_config.backend, "--port", str(port)]
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    base = f"http://127.0.0.1:{port}"
+    server = start_server("--demo", "--demo-dir", str(demo_dirs[0].parent), "--device", "cpu",
+                          "--backend", demo_config.backend, threads=2)
     try:
-        with httpx.Client(base_url=base, timeout=60) as client:
-            deadline = time.monotonic() + 120
-            while True:
-                assert process.poll() is None, "the server exited early"
-                assert time.monotonic() < deadline, "the server never became ready"
-                try:
-                    if client.get("/ready").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.2)
+        with httpx.Client(base_url=server.base_url, timeout=60) as client:
             assert client.get("/health").json() == {"status": "ok"}
 
             response = client.post("/v1/orpheus-3b-0.1", json=SHORT)
             assert response.status_code == 200 and response.headers["content-type"] == "audio/wav"
-            with wave.open(io.BytesIO(response.content)) as w:
-                assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (24000, 1, 2)
-                assert w.getnframes() > 0 and w.getnframes() % 2048 == 0
+            samples = wav_samples(response.content)
+            assert samples > 0 and samples % 2048 == 0
 
             with client.stream("POST", "/v1/orpheus-3b-0.1", json={**SHORT, "stream": True}) as streamed:
                 assert streamed.headers["transfer-encoding"] == "chunked"
                 data = streamed.read()
-            assert data[:4] == b"RIFF" and len(data) > 44 and (len(data) - 44) % (2 * 2048) == 0
+            assert data[4:8] == b"\xff\xff\xff\xff" and wav_samples(data) % 2048 == 0
     finally:
-        process.send_signal(signal.SIGINT)
-        output, _ = process.communicate(timeout=30)
-    assert process.returncode == 0, output
-    assert "no API keys configured: the server is open" in output
-    assert "ready to serve" in output
+        server.signal(signal.SIGINT)
+        code = server.wait(timeout=30)
+    assert code == 0, server.output
+    assert "no API keys configured: the server is open" in server.output
+    assert "ready to serve" in server.output

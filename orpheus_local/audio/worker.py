@@ -28,13 +28,22 @@ TICK_S = 0.02  # a stream waiting to grow its next chunk is looked at again this
 
 
 class AudioStream(Handoff[np.ndarray]):
-    """One stream: frames go in (push, end_frames, or fail), PCM chunks come out (`async for`)."""
+    """One stream: frames go in (push, end_frames, or fail), PCM chunks come out (`async for`).
+
+    The event loop calls push(), end_frames(), fail() and cancel(); the codec's stepping thread
+    reads the decoder (which has its own lock) and `failure` (behind this stream's lock)."""
 
     def __init__(self, decoder: StreamDecoder, wake, loop: asyncio.AbstractEventLoop | None = None):
         super().__init__(loop, on_cancel=wake)
         self.decoder = decoder
         self._wake = wake
-        self.failure: BaseException | None = None  # set by fail(); the stream then ends with it
+        self._lock = threading.Lock()
+        self._failure: BaseException | None = None  # the stream ends with it
+
+    @property
+    def failure(self) -> BaseException | None:
+        with self._lock:
+            return self._failure
 
     def push(self, frames: np.ndarray) -> None:
         self.decoder.push(frames)
@@ -46,8 +55,9 @@ class AudioStream(Handoff[np.ndarray]):
         self._wake()
 
     def fail(self, error: BaseException) -> None:
-        """The frames' producer failed: stop decoding and end the stream with `error`."""
-        self.failure = error
+        """The frames' producer (or the codec) failed: stop decoding and end the stream with `error`."""
+        with self._lock:
+            self._failure = self._failure or error
         self._wake()
 
 
@@ -90,7 +100,7 @@ class CodecCore:
             except Exception as exc:  # fail the streams of this batch, keep serving the others
                 log.exception("codec decode failed")
                 for s, _ in ready:
-                    s.failure = exc
+                    s.fail(exc)
             else:
                 for (s, _), pcm in zip(ready, chunks):
                     s.put(pcm)

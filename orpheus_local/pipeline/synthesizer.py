@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 
 class Synthesizer:
     """Takes a started backend (engine driver or reference) and a started codec worker; close()
-    stops both. load() builds and starts them from a configuration."""
+    stops both. load() builds and starts them from a configuration. Its methods are called from the
+    event loop (close() from any thread once nothing uses it)."""
 
     def __init__(self, tokenizer, backend, codec_worker: CodecWorker):
         self.tokenizer = tokenizer

@@ -17,6 +17,7 @@ from typing import Callable
 
 import av
 import httpx
+import support.wav
 
 from bench.playback import percentile
 
@@ -49,18 +50,11 @@ class Incomplete(Exception):
 
 
 def wav_samples(data: bytes) -> int:
-    """Samples in a 24 kHz mono 16-bit WAV, whole or streamed (length fields "unknown")."""
-    if data[4:8] == b"\xff\xff\xff\xff":
-        if data[:4] != b"RIFF" or data[8:16] != b"WAVEfmt " or (len(data) - 44) % 2:
-            raise Incomplete("not a streamed WAV")
-        return (len(data) - 44) // 2
-    with wave.open(io.BytesIO(data)) as w:
-        if (w.getframerate(), w.getnchannels(), w.getsampwidth()) != (24000, 1, 2):
-            raise Incomplete("not 24 kHz mono 16-bit")
-        frames = w.getnframes()
-        if len(w.readframes(frames)) != 2 * frames:
-            raise Incomplete("WAV shorter than its header says")
-    return frames
+    """Samples in a 24 kHz mono 16-bit WAV, whole or streamed; Incomplete if it is not one."""
+    try:
+        return support.wav.wav_samples(data)
+    except (AssertionError, wave.Error, EOFError) as exc:
+        raise Incomplete(f"not a whole WAV: {exc}") from None
 
 
 def whole_frames(samples: int) -> None:

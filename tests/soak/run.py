@@ -19,10 +19,11 @@ from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, where the soak package lives
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, where soak and support live
+
+from support.process import rss_bytes, start_server  # noqa: E402
 
 from soak.loadgen import Outcome, Summary, optional_percentile, parse_metrics, run_load  # noqa: E402
-from soak.process import rss_bytes, start_server  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -36,6 +36,7 @@ class ServerProcess:
     process: subprocess.Popen
     base_url: str
     lines: list[str] = field(default_factory=list)
+    reader: threading.Thread | None = None  # collects the output into lines
 
     @property
     def output(self) -> str:
@@ -48,7 +49,11 @@ class ServerProcess:
         self.process.send_signal(sig)
 
     def wait(self, timeout: float) -> int:
-        return self.process.wait(timeout=timeout)
+        """The exit status, once the process has ended and all its output is in lines."""
+        code = self.process.wait(timeout=timeout)
+        if self.reader is not None:
+            self.reader.join(timeout=10)
+        return code
 
     def stop(self, timeout: float = 60) -> int:
         """SIGTERM, then the exit status (the server is killed if it does not stop in time)."""
@@ -80,7 +85,8 @@ def start_server(*flags: str, ready_timeout: float = 180, threads: int = 1) -> S
     process = subprocess.Popen(serve_command(*flags, "--port", str(port)), stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, env=env)
     server = ServerProcess(process, f"http://127.0.0.1:{port}")
-    threading.Thread(target=_collect, args=(process, server.lines), daemon=True).start()
+    server.reader = threading.Thread(target=_collect, args=(process, server.lines), daemon=True)
+    server.reader.start()
     deadline = time.monotonic() + ready_timeout
     with httpx.Client(base_url=server.base_url, timeout=10) as client:
         while True:
