@@ -210,3 +210,17 @@ async def test_a_cancelled_audio_stream_is_dropped_at_the_next_step(quiet):
     stream.cancel()
     assert core.step() == 0 and not core.has_work()
     assert [chunk async for chunk in stream] == []
+
+
+async def test_a_closed_codec_ends_its_streams_and_refuses_new_ones(quiet):
+    from orpheus_local.audio.worker import CodecCore
+    from orpheus_local.errors import NotReadyError
+
+    core = CodecCore(quiet)
+    open_stream = core.open(noise_key=1)
+    open_stream.push(random_frames(2, seed=9))
+    core.close()
+    with pytest.raises(NotReadyError):
+        [chunk async for chunk in open_stream]
+    with pytest.raises(NotReadyError):
+        core.open(noise_key=2)

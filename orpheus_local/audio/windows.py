@@ -94,10 +94,6 @@ class StreamDecoder:
         return self._pushed
 
     @property
-    def frames_emitted(self) -> int:
-        return self._emitted
-
-    @property
     def done(self) -> bool:
         """finish() was called and every frame has been handed out in a window."""
         return self._finished and self._emitted == self._pushed

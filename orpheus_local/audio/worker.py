@@ -20,6 +20,7 @@ import numpy as np
 
 from orpheus_local.audio.snac import SnacCodec
 from orpheus_local.audio.windows import StreamDecoder
+from orpheus_local.errors import NotReadyError
 from orpheus_local.handoff import Handoff
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ class CodecCore:
         self.codec = codec
         self._wake = wake  # called when a stream has news for the stepping thread
         self._streams: list[AudioStream] = []
+        self._closed = False
         self._lock = threading.Lock()
         # Measured decode cost per frame (exponential average), read by the streams' decoders to
         # leave room for decoding their next chunk. Written by the stepping thread only.
@@ -78,8 +80,18 @@ class CodecCore:
         decoder = StreamDecoder.whole_file(noise_key) if whole_file else StreamDecoder(noise_key=noise_key)
         stream = AudioStream(decoder, self._wake)
         with self._lock:
+            if self._closed:
+                raise NotReadyError("the codec worker is shut down")
             self._streams.append(stream)
         return stream
+
+    def close(self) -> None:
+        """End every open stream with NotReadyError and refuse new ones: nobody waits forever."""
+        with self._lock:
+            self._closed = True
+            streams, self._streams = self._streams, []
+        for s in streams:
+            s.finish(NotReadyError("the codec worker shut down"))
 
     def has_work(self) -> bool:
         with self._lock:
@@ -141,6 +153,7 @@ class CodecWorker:
         self._wake_event.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        self.core.close()
 
     def _run(self) -> None:
         while not self._stopping:
