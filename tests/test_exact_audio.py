@@ -17,7 +17,8 @@ from orpheus_local.audio.snac import SnacCodec
 from orpheus_local.audio.windows import FRAME_SECONDS, StreamDecoder, Window
 from orpheus_local.config import EngineConfig
 from orpheus_local.engine.core import EngineCore
-from orpheus_local.model import LlamaModel, Sampler
+from orpheus_local.model import Sampler
+from orpheus_local.model.loader import load_llama
 from orpheus_local.model.sampler import COLUMNS, STOP_COLUMN
 from orpheus_local.params import SynthesisParams
 from orpheus_local.text.split import MAX_PART_CHARS, MIN_PART_CHARS, part_chars
@@ -279,7 +280,7 @@ def test_a_stored_head_wins_over_a_tied_config(tied_with_head, caplog):
 
     model_dir, tensors = tied_with_head
     caplog.set_level("INFO")
-    ours = LlamaModel.from_pretrained(model_dir, "cpu", torch.float32)
+    ours = load_llama(model_dir, "cpu", torch.float32)
     assert "using the stored head" in caplog.text
     torch.testing.assert_close(ours.head_weight, tensors["lm_head.weight"], rtol=0, atol=0)
     theirs = LlamaForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
@@ -293,7 +294,7 @@ def test_a_stored_head_of_the_wrong_shape_is_a_load_error(tied_with_head):
     tensors["lm_head.weight"] = tensors["lm_head.weight"][:, :-1].contiguous()
     save_file(tensors, model_dir / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(CheckpointError, match=r"model\.safetensors: lm_head\.weight has shape"):
-        LlamaModel.from_pretrained(model_dir, "cpu", torch.float32)
+        load_llama(model_dir, "cpu", torch.float32)
 
 
 async def test_length_cuts_are_counted_in_the_metrics(synthesizer):

@@ -7,11 +7,11 @@ from orpheus_local import tokens as fmt
 from orpheus_local.model import (
     KVCache,
     LlamaConfig,
-    LlamaModel,
     bytes_per_token,
     default_slot_count,
 )
 from orpheus_local.model.llama import rope_inv_freq
+from orpheus_local.model.loader import load_llama
 from orpheus_local.weights.demo import build_demo_model, llama_config
 
 ATOL = 1e-4
@@ -32,7 +32,7 @@ def hf_model(tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def model(tiny_model_dir):
-    return LlamaModel.from_pretrained(tiny_model_dir, "cpu", torch.float32)
+    return load_llama(tiny_model_dir, "cpu", torch.float32)
 
 
 def random_ids(gen, n, lo=0, hi=fmt.BEGIN_OF_TEXT):

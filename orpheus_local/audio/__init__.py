@@ -1,0 +1,1 @@
+"""Audio: SNAC decoding in streaming windows with seeded noise, the codec worker, crossfades, encoders."""

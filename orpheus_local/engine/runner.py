@@ -16,6 +16,7 @@ from orpheus_local.config import EngineConfig
 from orpheus_local.engine.request import Request
 from orpheus_local.model.kv_cache import KVCache, default_slot_count
 from orpheus_local.model.llama import LlamaModel
+from orpheus_local.model.loader import load_llama
 from orpheus_local.model.sampler import Sampler
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ class ModelRunner:
 
     @classmethod
     def load(cls, config: EngineConfig, model_dir, device: str, dtype: str) -> "ModelRunner":
-        model = LlamaModel.from_pretrained(model_dir, device, dtype)
+        model = load_llama(model_dir, device, dtype)
         max_len = config.max_prompt_tokens + config.max_new_tokens
         slots = config.max_slots or default_slot_count(model.config, max_len, device, model.dtype)
         log.info("KV cache: %d slots of %d tokens", slots, max_len)

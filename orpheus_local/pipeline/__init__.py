@@ -1,0 +1,1 @@
+"""The pipeline: the Synthesizer facade, a request's parts and their guards."""

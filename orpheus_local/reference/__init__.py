@@ -1,0 +1,1 @@
+"""transformers generate(): the correctness oracle and the baseline backend."""

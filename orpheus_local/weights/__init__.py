@@ -1,0 +1,1 @@
+"""Checkpoints: finding, fetching and checking them, and random-weight stand-ins in their layout."""
