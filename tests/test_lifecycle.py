@@ -163,13 +163,11 @@ async def test_a_stop_refuses_new_requests_and_finishes_those_in_flight():
 
 async def test_when_the_grace_period_is_over_what_is_left_is_cancelled():
     async with graceful_server(grace_s=0.3) as (server, synth, client, serving):
-        started = time.monotonic()
         with pytest.raises(httpx.RemoteProtocolError):  # closed before the body is complete
             async with client.stream("POST", V1, json={"text": "Hello.", "stream": True}) as in_flight:
                 server.handle_exit(signal.SIGTERM, None)
                 await in_flight.aread()
-        await asyncio.wait_for(serving, 10)
-    assert time.monotonic() - started < 3
+        await asyncio.wait_for(serving, 10)  # it ends: the held generation would never end by itself
     assert synth.stream_closed.is_set() and synth.closed
 
 
