@@ -232,3 +232,18 @@ def test_requests_without_a_seed_get_fresh_random_ones(core, prompt):
     run(core)
     seeds = {r.seed for r in requests}
     assert len(seeds) == 4 and all(0 <= s < 2**63 for s in seeds)
+
+
+async def test_a_fault_outside_prefill_and_decode_ends_every_request_and_the_driver_goes_on(core, prompt, monkeypatch):
+    driver = EngineDriver(core).start()
+    try:
+        admit = core.scheduler.admit
+        monkeypatch.setattr(core.scheduler, "admit", lambda: (_ for _ in ()).throw(RuntimeError("bookkeeping bug")))
+        stream = driver.submit(prompt, params(1), "victim", ignore_eos=True)
+        with pytest.raises(GenerationError, match="victim"):
+            await collect(stream)
+        monkeypatch.setattr(core.scheduler, "admit", admit)
+        after = await collect(driver.submit(prompt, params(2), "after", ignore_eos=True))
+    finally:
+        driver.close()
+    assert len(after) == 98 and core.stats()["queued"] == core.stats()["running"] == 0

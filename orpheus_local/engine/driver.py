@@ -18,7 +18,7 @@ import threading
 from orpheus_local.engine.core import EngineCore
 from orpheus_local.engine.request import Request, StepOutput
 from orpheus_local.engine.stream import TokenStream
-from orpheus_local.errors import NotReadyError
+from orpheus_local.errors import GenerationError, NotReadyError
 from orpheus_local.params import SynthesisParams
 
 log = logging.getLogger(__name__)
@@ -75,10 +75,20 @@ class EngineDriver:
                 self._wake.wait(timeout=IDLE_WAIT_S)
                 self._wake.clear()
                 continue
-            self._deliver(self.core.step())
+            self._deliver(self._step())
         with self._lock:  # no submit() gets past the closing flag from here on
             outputs = self.core.abort_all()
         self._deliver(outputs, waiting_error=NotReadyError("the engine shut down"))
+
+    def _step(self) -> list[StepOutput]:
+        try:
+            return self.core.step()
+        except Exception:  # a fault outside prefill and decode: end every request, keep the thread
+            log.exception("engine step failed; ending every request")
+            outputs = self.core.abort_all()
+            for out in outputs:
+                out.error = GenerationError(out.request.request_id)
+            return outputs
 
     def _deliver(self, outputs: list[StepOutput], waiting_error: BaseException | None = None) -> None:
         for out in outputs:
