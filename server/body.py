@@ -49,9 +49,18 @@ async def read_fields(request: Request, limit: int) -> dict:
     return await _form_fields(request, body)
 
 
+MAX_INT_DIGITS = 30  # far past any field's range; Python refuses int strings over 4300 digits anyway
+
+
+def _json_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise ValueError(f"an integer of {len(text.lstrip('-'))} digits is out of range")
+    return int(text)
+
+
 def _json_object(body: bytes) -> dict:
     try:
-        value = json.loads(body)
+        value = json.loads(body, parse_int=_json_int)
     except (UnicodeDecodeError, ValueError) as exc:
         raise ApiError(400, f"malformed JSON body: {exc}", code="invalid_json") from None
     except RecursionError:  # arrays or objects nested deeper than the parser's stack

@@ -3,6 +3,7 @@ SynthesisParams. Defaults and ranges come from orpheus_local.params."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import fields
 from typing import Annotated, Literal, TypeVar
 
@@ -18,15 +19,22 @@ SPEECH_MODELS = (SERVED_MODEL, "orpheus", "tts-1", "tts-1-hd")
 _DEFAULTS = {f.name: f.default for f in fields(SynthesisParams)}
 
 
-def _not_bool(value):
-    # pydantic would read true as 1.0; a boolean is never a valid number here.
+def _finite_number(value):
+    # pydantic would read true as 1.0, and compare NaN with a range ("should be <= 1.5"): neither is a
+    # number a client meant.
     if isinstance(value, bool):
         raise ValueError("must be a number, not a boolean")
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return value  # not a number at all: pydantic says so
+    if not math.isfinite(number):
+        raise ValueError("must be a finite number")
     return value
 
 
-Number = Annotated[float, BeforeValidator(_not_bool)]
-Integer = Annotated[int, BeforeValidator(_not_bool)]
+Number = Annotated[float, BeforeValidator(_finite_number)]
+Integer = Annotated[int, BeforeValidator(_finite_number)]
 
 
 def _ranged(name: str, description: str):

@@ -593,3 +593,35 @@ async def test_openapi_document_lists_every_route():
     assert body["required"] == ["input"] and "speed" in body["properties"]
     validator = pytest.importorskip("openapi_spec_validator")
     validator.validate(document)
+
+
+@pytest.mark.parametrize("body,message", [
+    ('{"text": "Hi", "temperature": NaN}', "temperature: Value error, must be a finite number"),
+    ('{"text": "Hi", "top_p": Infinity}', "top_p: Value error, must be a finite number"),
+    ('{"text": "Hi", "max_new_tokens": %s}' % ("9" * 5000), "malformed JSON body: an integer of 5000 digits is out of range"),
+])
+async def test_careless_numbers_get_a_400_in_plain_words(body, message):
+    async with serve(FakeSynth()) as (client, _):
+        response = await client.post(V1, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400 and response.json()["error"] == message
+    assert "sys." not in response.text and "Python" not in response.text
+
+
+async def test_multipart_nan_is_not_a_finite_number():
+    async with serve(FakeSynth()) as (client, _):
+        response = await client.post(V1, data={"text": "Hi", "temperature": "nan"},
+                                     files={"attachment": ("a.txt", b"unused")})
+    assert response.status_code == 400 and response.json()["error"] == "temperature: Value error, must be a finite number"
+
+
+async def test_probes_answer_head_for_load_balancers():
+    async with serve(FakeSynth()) as (client, _):
+        health, ready = await client.head("/health"), await client.head("/ready")
+    assert health.status_code == ready.status_code == 200
+
+
+async def test_an_unknown_job_id_is_echoed_no_longer_than_an_id():
+    async with serve(FakeSynth()) as (client, _):
+        response = await client.get("/v2/requests/" + "x" * 50_000 + "/status")
+    assert response.status_code == 404 and len(response.content) < 200
+    assert response.json()["error"] == f"request {'x' * 64}... not found (results are kept 1 h)"

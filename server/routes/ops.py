@@ -12,13 +12,16 @@ from ..state import State
 router = APIRouter(tags=["operations"])
 
 
+# HEAD too: load balancers probe with it (left out of the OpenAPI document, which lists GET).
 @router.get("/health", summary="the process is up")
+@router.head("/health", include_in_schema=False)
 async def health() -> dict:
     return {"status": "ok"}
 
 
 @router.get("/ready", summary="the model is loaded and warmed up, and the server is not stopping",
             responses={503: {"description": "not ready yet, or stopping"}})
+@router.head("/ready", include_in_schema=False)
 async def ready(state: State) -> JSONResponse:
     if state.draining:
         body = {"status": "draining"}

@@ -76,7 +76,8 @@ def _job(state: State, request_id: str, request: Request) -> Job:
     job = state.jobs.get(request_id, owner=_client(request))
     if job is None:
         hours = state.settings.job_ttl_s / 3600
-        raise ApiError(404, f"request {request_id} not found (results are kept {hours:g} h)", code="not_found")
+        shown = request_id if len(request_id) <= 64 else request_id[:64] + "..."  # echo no more than an id's worth
+        raise ApiError(404, f"request {shown} not found (results are kept {hours:g} h)", code="not_found")
     return job
 
 
