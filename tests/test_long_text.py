@@ -164,15 +164,17 @@ class ScriptedBackend:
     async def _play(self, stream, codes, delay, limit):
         self.running += 1
         self.most_running = max(self.most_running, self.running)
+        reason = "stop" if len(codes) < limit // 7 else "length"  # as the engine says why it ended
         try:
             for code in codes[:limit // 7]:
                 if stream.cancelled.is_set():
+                    reason = None
                     break
                 await asyncio.sleep(delay)
                 stream.put(fmt.frames_to_ids(frames_of([code])))
         finally:
             self.running -= 1
-            stream.finish()
+            stream.finish(reason=reason)
 
     def stats(self):
         return {"queued": 0, "running": self.running}

@@ -148,14 +148,11 @@ class Part:
         """Generated ids -> whole frames -> the part's decoder; stops early when the repeat guard fires."""
         budget = token_budget(params.text, params.max_new_tokens, self.limits) if self.limits else None
         repeats = RepeatWatch(self.limits) if self.limits else None
-        generated = 0
         runaway = None
         ids_stream = None
         try:
-            ids_stream = self.submit_ids(params, engine_id, ignore_eos=self.ignore_eos,
-                                               max_tokens=budget or 0)
+            ids_stream = self.submit_ids(params, engine_id, ignore_eos=self.ignore_eos, max_tokens=budget or 0)
             async for ids in ids_stream:  # whole frames, from either backend
-                generated += len(ids)
                 # Frame by frame: a repeat stops at the frame that fired, however ids were batched.
                 for frame in fmt.ids_to_frames(ids):
                     audio.push(frame)
@@ -170,10 +167,10 @@ class Part:
             if ids_stream is not None:
                 ids_stream.cancel()  # leaving the loop early stops the engine request now
         audio.end_frames()  # (the backends never hand out an incomplete last frame)
-        if runaway is None and budget and generated >= budget:  # the engine stopped it at the budget
-            runaway = Runaway("budget", f"no end_of_speech within {budget} tokens")
         if runaway is None and not self.ignore_eos and ids_stream.finish_reason == "length":
-            runaway = Runaway("length", f"no end_of_speech within max_new_tokens={params.max_new_tokens}")
+            # Stopped at its cap: the guard's budget when one is set (a runaway), else the client's own.
+            runaway = (Runaway("budget", f"no end_of_speech within {budget} tokens") if budget else
+                       Runaway("length", f"no end_of_speech within max_new_tokens={params.max_new_tokens}"))
         return runaway
 
     def _report(self, runaway: Runaway, action: str) -> None:
