@@ -36,12 +36,17 @@ async def _read_bounded(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-async def read_fields(request: Request, limit: int) -> dict:
+# A body of another media type is 415 Unsupported Media Type, except on Segmind's routes, whose
+# documented answer (and so what its clients may check for) is 406.
+UNSUPPORTED_MEDIA_TYPE, SEGMIND_UNSUPPORTED_MEDIA_TYPE = 415, 406
+
+
+async def read_fields(request: Request, limit: int, *, unsupported_status: int = UNSUPPORTED_MEDIA_TYPE) -> dict:
     """The request's fields; form values stay strings (the models accept numeric strings)."""
     media = _media_type(request)
     is_json = media == JSON or media.endswith("+json")
     if not is_json and media != MULTIPART:
-        raise ApiError(406, f"Content-Type must be {JSON} or {MULTIPART}, got {media or 'none'}",
+        raise ApiError(unsupported_status, f"Content-Type must be {JSON} or {MULTIPART}, got {media or 'none'}",
                        code="unsupported_media_type")
     body = await _read_bounded(request, limit)
     if is_json:

@@ -11,6 +11,7 @@ import re
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from orpheus_local.errors import InputError, NotReadyError, QueueFullError
 
@@ -66,9 +67,11 @@ def text_too_long(field: str, length: int, limit: int) -> ApiError:
                          f"send the text in several requests", param=field, code="text_too_long")
 
 
-def busy(reason: str) -> ApiError:
-    return ApiError(429, f"too many requests: {reason}; retry shortly", code="rate_limit_exceeded",
-                    headers={"Retry-After": str(RETRY_AFTER_BUSY_S)})
+def busy(reason: str, retry_after_s: int = RETRY_AFTER_BUSY_S) -> ApiError:
+    """429; retry_after_s: when a place frees, as far as the server knows."""
+    when = "retry shortly" if retry_after_s <= RETRY_AFTER_BUSY_S else f"retry in {retry_after_s} s"
+    return ApiError(429, f"too many requests: {reason}; {when}", code="rate_limit_exceeded",
+                    headers={"Retry-After": str(retry_after_s)})
 
 
 def not_ready() -> ApiError:
@@ -130,4 +133,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, on_api_error)
     app.add_exception_handler(HTTPException, on_http_exception)
     app.add_exception_handler(ClientGone, on_client_gone)
+    app.add_exception_handler(ClientDisconnect, on_client_gone)  # gone (or cut) while sending its body
     app.add_exception_handler(Exception, on_unexpected)

@@ -7,6 +7,8 @@ A missing local checkpoint is reported before the server starts.
 
 from __future__ import annotations
 
+import logging
+import resource
 import sys
 
 import uvicorn
@@ -21,9 +23,12 @@ from orpheus_local.weights.checkpoint import (
     resolve_snac_dir,
 )
 
+from .connections import ConnectionLimits
 from .lifecycle import GracefulServer
 from .logs import configure_logging, log_settings
 from .settings import ServerSettings
+
+log = logging.getLogger(__name__)
 
 
 def check_checkpoint(config: EngineConfig) -> None:
@@ -33,6 +38,28 @@ def check_checkpoint(config: EngineConfig) -> None:
     for ref, resolve in ((config.model, resolve_model_dir), (config.snac, resolve_snac_dir)):
         if not looks_like_hub_id(ref):
             resolve(ref)
+
+
+# File descriptors kept for everything but client connections: weights, logs, threads' pipes.
+RESERVED_FDS = 128
+
+
+def fit_connections(wanted: int) -> int:
+    """The connection cap, below the process's file limit (raised to its hard maximum first), so
+    that accepting a connection never fails for want of a descriptor."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and hard != resource.RLIM_INFINITY and hard > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    fitted = max(1, min(wanted, soft - RESERVED_FDS))
+    if fitted < wanted:
+        log.warning("max_connections lowered from %d to %d to fit the file limit (%d)", wanted, fitted, soft)
+    return fitted
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,8 +87,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_level, settings.log_format)
     log_settings(settings)
+    limits = ConnectionLimits(settings.receive_timeout_s, settings.send_timeout_s,
+                              fit_connections(settings.max_connections))
+    trusted = settings.trusted_proxies.strip()
     # access_log off: server/request_log.py writes one richer line per request instead
-    server_config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
+    server_config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_config=None, access_log=False, http=limits.protocol(),
+        # X-Forwarded-For and -Proto are believed from the configured proxies only (uvicorn trusts loopback by default)
+        proxy_headers=bool(trusted), forwarded_allow_ips=trusted or None,
+    )
     server = GracefulServer(server_config, app.state.server, settings.shutdown_grace_s)
     server.run()
     if failures:

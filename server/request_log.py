@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .connections import CUT_KEY
+
 log = logging.getLogger("server.requests")
 
 # Probes and scrapes come every few seconds: their lines are debug, so that info stays readable.
@@ -30,10 +32,12 @@ class RequestRecord:
     ttfa_s: float | None = None  # from generation start to its first audio
     audio_s: float | None = None
     generation_s: float | None = None  # wall time of the generation, for RTFx
+    cut: str | None = None  # the server closed the connection: "receive timeout" or "slow reader"
     started: float = field(default_factory=time.perf_counter)
 
     def fields(self) -> dict:
         rtfx = self.audio_s / self.generation_s if self.audio_s and self.generation_s else None
+        cut = {"cut": self.cut} if self.cut else {}
         return {
             "request_id": self.request_id,
             "method": self.method,
@@ -43,6 +47,7 @@ class RequestRecord:
             "audio_s": _rounded(self.audio_s, 3),
             "rtfx": _rounded(rtfx, 2),
             "duration_s": _rounded(time.perf_counter() - self.started, 3),
+            **cut,
         }
 
     def write(self) -> None:
@@ -96,6 +101,7 @@ class AccessLog:
             # nothing keeps its own.
             if (route := scope.get("route")) is not None:
                 record.route = route.path
+            record.cut = scope.get(CUT_KEY)
             if record.status is None:
                 record.status = 500  # an exception before the response started: answered with 500 further out
             record.write()

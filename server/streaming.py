@@ -26,13 +26,16 @@ class ClosingStreamingResponse(StreamingResponse):
             await self.body_iterator.aclose()
 
 
-async def start_stream(chunks: AsyncIterator[bytes], media_type: str, headers: dict[str, str]) -> StreamingResponse:
+async def start_stream(request: Request, chunks: AsyncIterator[bytes], media_type: str,
+                       headers: dict[str, str]) -> StreamingResponse:
     """Wait for the first bytes before answering, so that an error before any audio (busy, failed)
-    still gets its own status code instead of a broken 200."""
+    still gets its own status code instead of a broken 200. A client that leaves meanwhile (queued,
+    prefilling, decoding) cancels the generation at once and is answered 499 (ClientGone)."""
     try:
-        first = await anext(chunks)
-    except StopAsyncIteration:
-        first = b""
+        first = await unless_disconnected(request, anext(chunks, b""))
+    except BaseException:
+        await chunks.aclose()
+        raise
 
     async def body() -> AsyncIterator[bytes]:
         try:

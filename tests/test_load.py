@@ -9,8 +9,10 @@ The figures go to stdout (pytest -s). tests/soak/run.py runs the same load for l
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+import socket
 import time
 
 import httpx
@@ -24,6 +26,7 @@ CONCURRENCY = 64
 REQUESTS = int(os.environ.get("ORPHEUS_LOAD_REQUESTS", "64"))
 MAX_IN_FLIGHT = 16
 KEY = "load-test-key-6f1c2a"
+SEND_TIMEOUT_S = 2  # clients that stop reading are dropped after this
 AUTH = {"x-api-key": KEY}
 
 
@@ -33,7 +36,7 @@ def server(demo_config, demo_dirs, tmp_path_factory):
     keys.write_text(f"{KEY}\n")
     process = start_server("--demo", "--demo-dir", str(demo_dirs[0].parent), "--device", "cpu",
                            "--backend", demo_config.backend, "--max-in-flight", str(MAX_IN_FLIGHT),
-                           "--api-keys-file", str(keys))
+                           "--api-keys-file", str(keys), "--send-timeout-s", str(SEND_TIMEOUT_S))
     yield process
     process.stop()
 
@@ -91,6 +94,60 @@ async def test_load_serves_every_request_completely_and_leaves_nothing_behind(se
     assert rss_after <= rss_warm * 1.10
     assert metrics["orpheus_requests_in_flight"] == metrics["orpheus_requests_queued"] == 0
     assert "Traceback" not in server.output and KEY not in server.output
+
+
+HANG_UPS, NEVER_READ = 6, 3
+
+
+def _stream_request(text: str) -> bytes:
+    body = json.dumps({"text": text, "max_new_tokens": 1200, "stream": True}).encode()
+    return (b"POST /v1/orpheus-3b-0.1 HTTP/1.1\r\nhost: x\r\nx-api-key: %s\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\n\r\n%s" % (KEY.encode(), len(body), body))
+
+
+async def test_clients_that_hang_up_or_never_read_leave_nothing_behind_and_others_are_served(server):
+    port = int(server.base_url.rsplit(":", 1)[1])
+    # One part of about 12 s of audio (the random weights run to the guard's budget): far more than
+    # the socket buffers the server allows a client that does not read.
+    text = "The committee met on Tuesday to discuss the budget for the coming year."
+    loop = asyncio.get_running_loop()
+
+    def hang_up() -> None:  # the whole request sent, then gone before any answer
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(_stream_request(text))
+
+    def never_read() -> socket.socket:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(_stream_request(text))
+        return sock
+
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as client:
+        lines_before = len(server.lines)
+        silent = [await loop.run_in_executor(None, never_read) for _ in range(NEVER_READ)]
+        for _ in range(HANG_UPS):
+            await loop.run_in_executor(None, hang_up)
+        load = asyncio.create_task(run_load(server.base_url, concurrency=8, requests=8, headers=AUTH))
+        started = time.monotonic()
+        async with client.stream("POST", "/v1/orpheus-3b-0.1", headers=AUTH,
+                                 json={"text": "Hello there.", "max_new_tokens": 100, "stream": True}) as normal:
+            first_audio = None
+            async for _ in normal.aiter_bytes():
+                first_audio = first_audio or time.monotonic() - started
+        outcomes = await load
+        metrics = await wait_idle(client, timeout=120)  # the never-readers dropped, the hang-ups ended
+        for sock in silent:
+            sock.close()
+    log = "".join(server.lines[lines_before:])
+    print(f"\nbeside {HANG_UPS} hang-ups and {NEVER_READ} never-readers: first audio of a normal request after {first_audio:.2f} s; "
+          f"load {Summary.of(outcomes).line()}")
+    assert normal.status_code == 200 and first_audio is not None and first_audio < 60
+    assert all(o.status in (200, 429) for o in outcomes) and Summary.of(outcomes).served == 8
+    assert metrics["orpheus_requests_in_flight"] == metrics["orpheus_requests_running"] == 0
+    assert log.count("status=499") == HANG_UPS  # cancelled and logged as such
+    assert log.count("cut=\"slow reader\"") == NEVER_READ and "dropped clients that read nothing" in log
+    assert "Traceback" not in log
 
 
 async def test_sigterm_under_load_drains_every_request_then_exits_0(server):

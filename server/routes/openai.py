@@ -44,8 +44,8 @@ async def speech(request: Request, state: State) -> Response:
     chunks = pcm_chunks(synth, params, request_id, state.metrics, text_field="input")
     audio = encoded(state.admission, state.encoders, chunks, encoder)
     if body.stream_format == "sse":
-        return await start_stream(_sse_events(audio), "text/event-stream", headers)
-    return await start_stream(audio, encoder.content_type, headers)
+        return await start_stream(request, _sse_events(audio), "text/event-stream", headers)
+    return await start_stream(request, audio, encoder.content_type, headers)
 
 
 def _event(payload: dict) -> bytes:

@@ -71,10 +71,11 @@ async def wait_ready(app, timeout: float = 60.0) -> None:
 
 
 async def call_asgi(app, path: str, payload: dict, disconnect_when=None, disconnect_after: float | None = None,
-                    on_send=None):
+                    on_send=None, gone: asyncio.Event | None = None):
     """POST straight to the ASGI app, timing each body chunk. The client goes away once
-    disconnect_when(message) is true for a message sent, or after disconnect_after seconds;
-    on_send(message) sees every message as it is sent. Returns (status, headers, [(seconds, bytes)])."""
+    disconnect_when(message) is true for a message sent, after disconnect_after seconds, or once the
+    event `gone` is set; on_send(message) sees every message as it is sent.
+    Returns (status, headers, [(seconds, bytes)])."""
 
     body = json.dumps(payload).encode()
     scope = {
@@ -84,7 +85,7 @@ async def call_asgi(app, path: str, payload: dict, disconnect_when=None, disconn
         "headers": [(b"host", b"testserver"), (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode())],
     }
-    gone = asyncio.Event()
+    gone = gone or asyncio.Event()
     if disconnect_after is not None:
         asyncio.get_running_loop().call_later(disconnect_after, gone.set)
     sent_body = False

@@ -1,0 +1,180 @@
+"""GuardedH11Protocol: uvicorn's HTTP/1.1 protocol with the limits a server facing the open network needs.
+
+uvicorn has no deadline for receiving a request (its keep-alive timer is reset by every byte) and no
+cap on open connections, so a client sending a header byte every few seconds holds a socket for
+ever, and enough of them exhaust the file descriptors. This protocol adds:
+
+- a receipt deadline: a request's headers and body must have arrived `receive_timeout_s` after the
+  connection opened (or after the previous response on a kept-alive connection), or the connection
+  is closed. Once a request is complete its response streams for as long as it needs;
+- a send deadline: a client that reads nothing for `send_timeout_s` while its response waits to be
+  written (the socket's buffers full; the kernel queues at most UNSENT_BYTES unsent) is dropped,
+  which ends its generation and frees its place;
+- a connection cap: above `max_connections` open connections, a new one is answered 503 and closed
+  at once, so the process never runs out of file descriptors.
+
+Each kind of closing is logged as one warning per minute at most, with the count since the last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import struct
+import time
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+log = logging.getLogger(__name__)
+
+# Set in the request's ASGI scope when the connection was cut, for the access log.
+CUT_KEY = "orpheus.cut"
+RECEIVE_TIMEOUT, SLOW_READER = "receive timeout", "slow reader"
+UNSENT_BYTES = 64 * 1024  # queued in the kernel per connection, beyond what is in flight
+
+_REFUSAL_BODY = b'{"error": "too many open connections; retry shortly"}'
+_REFUSAL = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n"
+            b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(_REFUSAL_BODY), _REFUSAL_BODY))
+
+
+class RateLimitedWarning:
+    """A warning logged at most once per `interval_s`, saying how many times it happened since."""
+
+    def __init__(self, message: str, interval_s: float = 60.0, clock=time.monotonic):
+        self.message = message
+        self.interval_s = interval_s
+        self.clock = clock
+        self.count = 0  # since the last line
+        self.total = 0
+        self._last: float | None = None
+
+    def note(self, detail: str = "") -> None:
+        self.count += 1
+        self.total += 1
+        now = self.clock()
+        if self._last is None or now - self._last >= self.interval_s:
+            log.warning("%s: %d since the last report%s", self.message, self.count, f" (last: {detail})" if detail else "")
+            self.count, self._last = 0, now
+
+
+class ConnectionLimits:
+    """The limits, shared by every connection of one server, and their counters."""
+
+    def __init__(self, receive_timeout_s: float, send_timeout_s: float, max_connections: int):
+        self.receive_timeout_s = receive_timeout_s
+        self.send_timeout_s = send_timeout_s
+        self.max_connections = max_connections
+        self.refused = RateLimitedWarning(f"refused connections over the cap of {max_connections}")
+        self.receive_timeouts = RateLimitedWarning(
+            f"closed connections that did not send a whole request within {receive_timeout_s:g} s")
+        self.slow_readers = RateLimitedWarning(f"dropped clients that read nothing for {send_timeout_s:g} s")
+
+    def protocol(self) -> type[H11Protocol]:
+        """The protocol class to give uvicorn.Config(http=...)."""
+        limits = self
+
+        class Guarded(GuardedH11Protocol):
+            pass
+
+        Guarded.limits = limits
+        return Guarded
+
+
+class GuardedH11Protocol(H11Protocol):
+    limits: ConnectionLimits  # set on the subclass ConnectionLimits.protocol() makes
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        over_cap = len(self.connections) >= self.limits.max_connections
+        super().connection_made(transport)
+        self._receipt_timer: asyncio.TimerHandle | None = None
+        self._send_timer: asyncio.TimerHandle | None = None
+        if over_cap:
+            self.limits.refused.note(f"{_address(self.client)}")
+            transport.write(_REFUSAL)
+            transport.close()
+            return
+        _limit_unsent(transport)
+        self._arm_receipt()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timers()
+        super().connection_lost(exc)
+
+    def handle_websocket_upgrade(self, event: h11.Request) -> None:
+        self._cancel_timers()  # the WebSocket protocol owns the connection from here on
+        super().handle_websocket_upgrade(event)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._arm_receipt()  # the next request on this connection gets its own deadline
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._send_timer is None:
+            self._send_timer = self.loop.call_later(self.limits.send_timeout_s, self._send_expired)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+
+    # --- deadlines ---
+    def _arm_receipt(self) -> None:
+        if self._receipt_timer is not None:
+            self._receipt_timer.cancel()
+        self._receipt_timer = self.loop.call_later(self.limits.receive_timeout_s, self._receipt_expired)
+
+    def _receipt_expired(self) -> None:
+        self._receipt_timer = None
+        if self.transport.is_closing() or self.transport.get_protocol() is not self:
+            return
+        if self.conn.their_state not in (h11.IDLE, h11.SEND_BODY):
+            return  # the request is in: its response takes as long as it takes
+        self.limits.receive_timeouts.note(f"{_address(self.client)}")
+        self._mark_cut(RECEIVE_TIMEOUT)
+        self.transport.close()
+
+    def _send_expired(self) -> None:
+        self._send_timer = None
+        if self.transport.is_closing():
+            return
+        path = self.scope["path"] if self.scope else "-"
+        self.limits.slow_readers.note(f"{_address(self.client)} {path}")
+        self._mark_cut(SLOW_READER)
+        # A reset, not a close: the bytes queued for the client (here and in the kernel) are dropped
+        # now instead of waiting for a reader that is not reading.
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.transport.abort()
+
+    def _mark_cut(self, why: str) -> None:
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.scope[CUT_KEY] = why
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._receipt_timer, self._send_timer):
+            if timer is not None:
+                timer.cancel()
+        self._receipt_timer = self._send_timer = None
+
+
+def _limit_unsent(transport: asyncio.Transport) -> None:
+    """Keep at most UNSENT_BYTES queued in the kernel for a client: beyond that the transport's own
+    buffer fills and pauses the response, so a client that stops reading is noticed after a second
+    or so of audio, not after the megabytes the kernel would otherwise queue for it. Only bytes not
+    yet sent count: what is in flight (and so the throughput over a long path) is not limited."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and hasattr(socket, "TCP_NOTSENT_LOWAT") and sock.family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, UNSENT_BYTES)
+        except OSError:  # not TCP after all, or a kernel without it: the send deadline still holds
+            pass
+
+
+def _address(client: tuple[str, int] | None) -> str:
+    return f"{client[0]}:{client[1]}" if client else "unknown client"
