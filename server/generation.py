@@ -30,16 +30,20 @@ IDLE_TRIM_S = 1.0
 
 
 class Admission:
-    """Counts requests generating or waiting for the engine and refuses more than `limit` (429).
+    """Counts requests generating or waiting for the engine and refuses more than `limit` (429), or
+    any while `overloaded()` gives a reason (None: fine), e.g. a codec too far behind.
     Event loop only: no lock, since acquire and release never run on another thread."""
 
-    def __init__(self, limit: int):
+    def __init__(self, limit: int, overloaded: Callable[[], str | None] | None = None):
         self.limit = limit
+        self.overloaded = overloaded
         self.count = 0
 
     def acquire(self) -> None:
         if self.count >= self.limit:
             raise busy(f"{self.limit} requests are already in flight")
+        if self.overloaded is not None and (reason := self.overloaded()) is not None:
+            raise busy(reason)
         self.count += 1
 
     def release(self) -> None:

@@ -34,7 +34,7 @@ class ServerState:
         self.settings = settings
         self.created = int(time.time())
         self.metrics = Metrics()
-        self.admission = Admission(settings.max_in_flight)
+        self.admission = Admission(settings.max_in_flight, overloaded=self._codec_overloaded)
         self.encoders = EncoderPool()
         self.jobs = JobStore(self.admission, self.encoders, settings.max_jobs, settings.job_ttl_s)
         self.synth: Synthesizer | None = None
@@ -48,6 +48,13 @@ class ServerState:
             queued=lambda: self.synth.stats()["queued"] if self.synth else 0,
             running=lambda: self.synth.stats()["running"] if self.synth else 0,
         )
+
+    def _codec_overloaded(self) -> str | None:
+        """Why new requests must wait for the audio decoder, or None."""
+        backlog = getattr(self.synth, "codec_backlog_s", None)  # None before loading, or without a codec
+        if backlog is not None and (seconds := backlog()) > self.settings.max_codec_backlog_s:
+            return f"the audio decoder is {seconds:.1f} s of work behind"
+        return None
 
     def synthesizer(self) -> Synthesizer:
         """The synthesizer, or 503 while it loads (or after loading failed) and while the server stops."""

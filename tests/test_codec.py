@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
 import torch
@@ -224,3 +226,179 @@ async def test_a_closed_codec_ends_its_streams_and_refuses_new_ones(quiet):
         [chunk async for chunk in open_stream]
     with pytest.raises(NotReadyError):
         core.open(noise_key=2)
+
+
+# --- the codec core's order and budget, with a codec whose work and time the test controls -------
+
+
+class ScriptedCodec:
+    """Stands in for SnacCodec: a chunk is a pure function of its stream's key and of its frames'
+    codes and positions, whatever else shares the call. Records every call's windows; each call
+    advances `now` (the core's clock in these tests) by seconds_per_frame per decoded frame."""
+
+    def __init__(self, seconds_per_frame: float = 0.0):
+        self.seconds_per_frame = seconds_per_frame
+        self.now = 0.0
+        self.calls: list[list] = []
+
+    def decode_windows(self, windows) -> list[np.ndarray]:
+        self.calls.append(list(windows))
+        self.now += self.seconds_per_frame * sum(len(w.frames) for w in windows)
+        return [scripted_pcm(w.frames[w.left:w.left + w.count], w.start, w.noise_key) for w in windows]
+
+
+def scripted_pcm(frames: np.ndarray, start: int, key: int) -> np.ndarray:
+    positions = np.arange(start, start + len(frames))
+    values = (frames.sum(axis=1) * 131 + positions * 17 + key * 7919) % 10007 / 10007
+    return np.repeat(values.astype(np.float32), SPF)
+
+
+def decoded_frames(calls) -> int:
+    return sum(len(w.frames) for call in calls for w in call)
+
+
+async def collect(stream) -> np.ndarray:
+    return np.concatenate([c async for c in stream])
+
+
+def step_frames(core, codec) -> int:
+    """One step; the frames it decoded."""
+    calls = len(codec.calls)
+    core.step()
+    return decoded_frames(codec.calls[calls:])
+
+
+def drain(core, codec, bound: int = 1000) -> int:
+    """Steps until every stream has ended, each within the core's budget (or one window larger than
+    it); the number of steps."""
+    for steps in range(1, bound + 1):
+        calls = len(codec.calls)
+        windows = core.step()
+        assert decoded_frames(codec.calls[calls:]) <= core.max_frames_per_step or windows == 1
+        if not core.has_work():
+            return steps
+    raise AssertionError(f"streams still open after {bound} steps")
+
+
+async def test_a_new_streams_first_window_goes_before_the_backlog_and_a_step_keeps_its_budget():
+    from orpheus_local.audio.worker import CodecCore
+
+    codec = ScriptedCodec()
+    core = CodecCore(codec, max_frames_per_step=128)
+    busy = [core.open(noise_key=k) for k in range(8)]
+    for k, s in enumerate(busy):
+        s.push(random_frames(2, seed=k))
+    core.step()  # their first chunks: these streams are listened to now
+    for k, s in enumerate(busy):
+        s.push(random_frames(200, seed=10 + k))  # six 32-frame windows each, ready at once
+    new = core.open(noise_key=99)
+    frames = random_frames(2, seed=99)
+    new.push(frames)
+    codec.calls.clear()
+
+    assert step_frames(core, codec) <= 128
+
+    assert [(w.noise_key, w.start) for w in codec.calls[0]] == [(99, 0)]  # first, in a call of its own
+    first = await asyncio.wait_for(anext(new), 10)
+    np.testing.assert_array_equal(first, scripted_pcm(frames[:1], 0, 99))
+    assert core.has_waiting()  # the rest of the backlog: later steps, each within the budget
+    for s in (*busy, new):
+        s.end_frames()
+    drain(core, codec)
+    for k, s in enumerate(busy):
+        expected = scripted_pcm(np.concatenate([random_frames(2, seed=k), random_frames(200, seed=10 + k)]), 0, k)
+        np.testing.assert_array_equal(await collect(s), expected)
+
+
+async def test_whole_file_windows_go_behind_live_ones_and_the_budget_changes_no_sample():
+    from orpheus_local.audio.worker import CodecCore
+
+    def run(budget: int):
+        codec = ScriptedCodec()
+        core = CodecCore(codec, max_frames_per_step=budget)
+        streams = {}
+        for key, whole_file in [(1, True), (2, False), (3, True), (4, False), (5, False)]:
+            streams[key] = core.open(noise_key=key, whole_file=whole_file)
+            streams[key].push(random_frames(70 + key, seed=key))
+            streams[key].end_frames()
+        return codec, core, streams
+
+    codec, core, streams = run(40)
+    assert drain(core, codec) > 2
+    order = [w for call in codec.calls for w in call]
+    last_live = max(i for i, w in enumerate(order) if not w.alone)
+    first_whole = min(i for i, w in enumerate(order) if w.alone)
+    assert last_live < first_whole
+    budgeted = {k: await collect(s) for k, s in streams.items()}
+
+    codec, core, streams = run(10**9)  # no budget: everything in one step
+    assert drain(core, codec) == 1
+    unbounded = {k: await collect(s) for k, s in streams.items()}
+    for key in streams:
+        expected = scripted_pcm(random_frames(70 + key, seed=key), 0, key)
+        np.testing.assert_array_equal(budgeted[key], expected)
+        np.testing.assert_array_equal(unbounded[key], expected)
+
+
+async def test_whole_file_windows_progress_while_live_windows_fill_every_step():
+    from orpheus_local.audio.worker import CodecCore
+
+    codec = ScriptedCodec()
+    core = CodecCore(codec, max_frames_per_step=40)
+    whole = core.open(noise_key=1, whole_file=True)
+    whole.push(random_frames(70, seed=1))
+    whole.end_frames()
+    live = core.open(noise_key=2)
+
+    def whole_frames_decoded() -> int:
+        return sum(w.count for call in codec.calls for w in call if w.alone)
+
+    for i in range(300):  # more live frames every step than one step decodes
+        live.push(random_frames(40, seed=100 + i))
+        assert step_frames(core, codec) <= 40
+        if whole_frames_decoded() == 70:
+            break
+    assert whole_frames_decoded() == 70 and core.has_waiting()  # done, while the live stream is behind
+    pcm = await asyncio.wait_for(collect(whole), 10)
+    np.testing.assert_array_equal(pcm, scripted_pcm(random_frames(70, seed=1), 0, 1))
+    live.cancel()
+    core.step()
+
+
+async def test_backlog_seconds_is_the_frames_left_waiting_times_the_measured_cost():
+    from orpheus_local.audio.worker import CodecCore
+
+    codec = ScriptedCodec(seconds_per_frame=0.002)
+    core = CodecCore(codec, max_frames_per_step=33, clock=lambda: codec.now)
+    a, b = core.open(noise_key=1), core.open(noise_key=2)
+    for s in (a, b):
+        s.push(random_frames(100))
+        s.end_frames()
+    assert core.backlog_seconds() == 0  # nothing measured yet
+
+    core.step()  # a's first window (32 frames and 1 of right context) fills the budget
+    assert [(w.noise_key, w.start, len(w.frames)) for call in codec.calls for w in call] == [(1, 0, 33)]
+    # left waiting: b's first window and everything after it (100 frames), a's second window from
+    # its 2 frames of left context on (100 - 30 frames)
+    assert core.backlog_seconds() == pytest.approx((100 + 70) * 0.002)
+
+    codec.seconds_per_frame = 0.004  # the codec slows down: the measured cost follows
+    core.step()  # b's first window; then a's and b's second windows wait, 70 frames each
+    assert core.backlog_seconds() == pytest.approx(140 * (0.8 * 0.002 + 0.2 * 0.004))
+    drain(core, codec)
+    assert core.backlog_seconds() == 0
+
+
+async def test_the_synthesizer_reports_its_codec_workers_backlog():
+    from orpheus_local.audio.worker import CodecWorker
+    from orpheus_local.pipeline.synthesizer import Synthesizer
+
+    worker = CodecWorker(ScriptedCodec(), max_frames_per_step=33)  # not started: the test steps its core
+    synth = Synthesizer(None, None, worker)
+    for key in (1, 2):
+        stream = worker.open(noise_key=key)
+        stream.push(random_frames(100))
+    assert synth.codec_backlog_s() == 0
+    worker.core.step()
+    assert synth.codec_backlog_s() == worker.core.backlog_seconds() > 0
+    worker.core.close()

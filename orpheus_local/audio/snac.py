@@ -6,9 +6,9 @@ Driving many streams from one codec worker thread (see windows.py for the window
     decoder.push(frames)                 # [n, 7] codes, as the model generates them (any thread)
     decoder.finish()                     # after the last frame
     ...
-    # worker, every tick (at least every ~20 ms while streams are open):
+    # worker, every step (at least every ~20 ms while streams are open), within a frame budget:
     ready = [(s, w) for s in streams for w in iter(s.decoder.ready_window, None)]
-    pcm = codec.decode_windows([w for _, w in ready])   # one batched decode for all streams
+    pcm = codec.decode_windows([w for _, w in ready])   # one batched decode for many streams
     for (s, _), chunk in zip(ready, pcm):
         s.send(chunk)
     # a stream is complete when s.decoder.done

@@ -1,31 +1,38 @@
-"""The codec worker: every open stream's ready windows decoded together, in batched SNAC calls.
+"""The codec worker: the open streams' ready windows decoded in batched SNAC calls, a bounded amount
+of work per step, the windows a listener waits for most urgently first.
 
 CodecCore is the synchronous part (open, step, has_work): a test drives step() itself. CodecWorker
-runs a core on its own thread ("orpheus-codec"), stepping it whenever a stream has news and at
-least every TICK_S while streams are open (a stream may be waiting to grow its next chunk).
+runs a core on its own thread ("orpheus-codec"), stepping it whenever a stream has news, at once
+again while the last step left windows waiting, and at least every TICK_S while streams are open (a
+stream may be waiting to grow its next chunk).
 
 Threads: the event loop opens streams and pushes frames into them; the stepping thread owns the
-decoding. A stream's decoder has its own lock (windows.py); the list of open streams sits behind
-the core's lock.
+decoding. A stream's decoder has its own lock (windows.py); the list of open streams, the windows
+waiting for a later step and the measured decode cost sit behind the core's lock.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import logging
 import threading
 import time
+from typing import Callable
 
 import numpy as np
 
 from orpheus_local.audio.snac import SnacCodec
-from orpheus_local.audio.windows import StreamDecoder
+from orpheus_local.audio.windows import StreamDecoder, Window
 from orpheus_local.errors import NotReadyError
 from orpheus_local.handoff import Handoff
 
 log = logging.getLogger(__name__)
 
 TICK_S = 0.02  # a stream waiting to grow its next chunk is looked at again this often
+MAX_FRAMES_PER_STEP = 256  # frames (context included) one step decodes: about one full batch
+WHOLE_FILE_LAG_STEPS = 16  # a whole file's window waits behind live windows queued up to this many steps later
 
 
 class AudioStream(Handoff[np.ndarray]):
@@ -62,16 +69,48 @@ class AudioStream(Handoff[np.ndarray]):
         self._wake()
 
 
+# A window waiting to be decoded: (priority key, the window, its stream). The key is
+# (rank, age, sequence number); the smallest goes first and the sequence number keeps keys unique.
+_Queued = tuple[tuple[int, int, int], Window, AudioStream]
+
+
 class CodecCore:
-    def __init__(self, codec: SnacCodec, wake=lambda: None):
+    """Decodes the open streams' windows, at most max_frames_per_step frames per step (but always
+    at least one window), and hands out their chunks at the end of each decode call.
+
+    The order of the windows:
+      1. a live stream's first window: nothing else shortens the time to first audio as much;
+      2. then the oldest-waiting windows. A paced stream hands out a window when its listener's audio
+         in hand is down to the margin (windows.py), so the window that has waited longest is the one
+         whose listener is closest to running dry, or furthest past it. Among windows queued at the
+         same step, a stream's next window goes behind the other streams' windows (round robin). Age
+         order means no window waits behind one queued after it: none starves.
+      3. A whole file's windows (decoded alone, nobody listens yet) count as queued
+         WHOLE_FILE_LAG_STEPS steps later than they were: they go behind the live windows, yet get
+         their turn even while live windows fill every step.
+    A stream's windows are taken from its decoder one at a time as they get their turn, and at most
+    one waits in the core between steps: frames left in the decoder meanwhile join a larger window.
+    """
+
+    def __init__(self, codec: SnacCodec, wake=lambda: None, *, max_frames_per_step: int = MAX_FRAMES_PER_STEP,
+                 clock: Callable[[], float] = time.perf_counter):
+        if max_frames_per_step < 1:
+            raise ValueError("max_frames_per_step must be at least 1")
         self.codec = codec
+        self.max_frames_per_step = max_frames_per_step
         self._wake = wake  # called when a stream has news for the stepping thread
+        self._clock = clock  # times the decode calls
         self._streams: list[AudioStream] = []
         self._closed = False
         self._lock = threading.Lock()
         # Measured decode cost per frame (exponential average), read by the streams' decoders to
-        # leave room for decoding their next chunk. Written by the stepping thread only.
+        # leave room for decoding their next chunk, and by backlog_seconds(). Written by the stepping
+        # thread only.
         self._per_frame: float | None = None
+        # Per stream, its next window, taken from the decoder but left for a later step by the budget.
+        self._waiting: dict[AudioStream, _Queued] = {}
+        self._steps = 0
+        self._sequence = itertools.count()
 
     def open(self, noise_key: int | None = None, *, whole_file: bool = False) -> AudioStream:
         """A new stream, on the running event loop. noise_key seeds its codec noise (None: fresh
@@ -90,43 +129,96 @@ class CodecCore:
         with self._lock:
             self._closed = True
             streams, self._streams = self._streams, []
+            self._waiting = {}
         for s in streams:
             s.finish(NotReadyError("the codec worker shut down"))
 
     def has_work(self) -> bool:
+        """Streams are open."""
         with self._lock:
             return bool(self._streams)
 
+    def has_waiting(self) -> bool:
+        """The last step left windows for the next one: step again without waiting."""
+        with self._lock:
+            return bool(self._waiting)
+
+    def backlog_seconds(self) -> float:
+        """Decoding work the codec is behind on, in seconds at the measured cost per frame: for each
+        stream with a window left waiting by the budget, that window's frames and every frame pushed
+        after it. 0 before the first decode has been measured. Any thread; cheap."""
+        with self._lock:
+            per_frame = self._per_frame
+            waiting = list(self._waiting.values())
+        if not per_frame:
+            return 0.0
+        frames = sum(s.decoder.frames_pushed - w.first_frame for _, w, s in waiting)
+        return frames * per_frame
+
     def step(self) -> int:
-        """Decode every ready window in batched calls, hand out the chunks, end finished streams.
-        Returns the number of windows decoded."""
+        """Decode up to max_frames_per_step frames of ready windows, in the order the class docstring
+        gives, hand out their chunks, end finished streams. Returns the number of windows decoded."""
         with self._lock:
             streams = list(self._streams)
+            waiting = dict(self._waiting)
+        self._steps += 1
         live = [s for s in streams if not s.cancelled.is_set() and s.failure is None]
-        ready = [(s, w) for s in live for w in iter(s.decoder.ready_window, None)]
-        if ready:
-            try:
-                started = time.perf_counter()
-                chunks = self.codec.decode_windows([w for _, w in ready])
-                self._observe(time.perf_counter() - started, sum(len(w.frames) for _, w in ready), live)
-            except Exception as exc:  # fail the streams of this batch, keep serving the others
-                log.exception("codec decode failed")
-                for s, _ in ready:
-                    s.fail(exc)
-            else:
-                for (s, _), pcm in zip(ready, chunks):
-                    s.put(pcm)
-        ended = [s for s in streams if s.cancelled.is_set() or s.failure is not None or s.decoder.done]
+        queue = [q for s in live if (q := waiting.get(s) or self._next(s)) is not None]
+        heapq.heapify(queue)
+        chosen: list[_Queued] = []
+        frames = 0
+        while queue and (not chosen or frames + len(queue[0][1].frames) <= self.max_frames_per_step):
+            item = heapq.heappop(queue)
+            chosen.append(item)
+            frames += len(item[1].frames)
+            if (following := self._next(item[2])) is not None:
+                heapq.heappush(queue, following)
+        with self._lock:
+            self._waiting = {q[2]: q for q in queue} if not self._closed else {}
+            left = set(self._waiting)
+        # First windows in a call of their own, handed out before the rest is decoded.
+        self._decode([(s, w) for (rank, _, _), w, s in chosen if rank == 0], live)
+        self._decode([(s, w) for (rank, _, _), w, s in chosen if rank != 0], live)
+        ended = [s for s in streams
+                 if s.cancelled.is_set() or s.failure is not None or (s.decoder.done and s not in left)]
         for s in ended:
             s.finish(s.failure)
         if ended:
             with self._lock:
                 self._streams = [s for s in self._streams if s not in ended]
-        return len(ready)
+                for s in ended:
+                    self._waiting.pop(s, None)
+        return len(chosen)
+
+    def _next(self, stream: AudioStream) -> _Queued | None:
+        """The stream's next ready window with its priority key, or None."""
+        window = stream.decoder.ready_window()
+        if window is None:
+            return None
+        rank = 0 if window.start == 0 and not window.alone else 1
+        age = self._steps + (WHOLE_FILE_LAG_STEPS if window.alone else 0)
+        return (rank, age, next(self._sequence)), window, stream
+
+    def _decode(self, batch: list[tuple[AudioStream, Window]], streams: list[AudioStream]) -> None:
+        batch = [(s, w) for s, w in batch if s.failure is None]  # a failed earlier call ended these
+        if not batch:
+            return
+        try:
+            started = self._clock()
+            chunks = self.codec.decode_windows([w for _, w in batch])
+            self._observe(self._clock() - started, sum(len(w.frames) for _, w in batch), streams)
+        except Exception as exc:  # fail the streams of this call, keep serving the others
+            log.exception("codec decode failed")
+            for s, _ in batch:
+                s.fail(exc)
+        else:
+            for (s, _), pcm in zip(batch, chunks):
+                s.put(pcm)
 
     def _observe(self, seconds: float, frames: int, streams: list[AudioStream]) -> None:
         per_frame = seconds / max(frames, 1)
-        self._per_frame = per_frame if self._per_frame is None else 0.8 * self._per_frame + 0.2 * per_frame
+        with self._lock:
+            self._per_frame = per_frame if self._per_frame is None else 0.8 * self._per_frame + 0.2 * per_frame
         for s in streams:
             s.decoder.decode_seconds_per_frame = self._per_frame
 
@@ -134,9 +226,9 @@ class CodecCore:
 class CodecWorker:
     """Runs a CodecCore on its own thread; start() it, close() it."""
 
-    def __init__(self, codec: SnacCodec):
+    def __init__(self, codec: SnacCodec, *, max_frames_per_step: int = MAX_FRAMES_PER_STEP):
         self._wake_event = threading.Event()
-        self.core = CodecCore(codec, self._wake_event.set)
+        self.core = CodecCore(codec, self._wake_event.set, max_frames_per_step=max_frames_per_step)
         self._stopping = False
         self._thread: threading.Thread | None = None
 
@@ -148,6 +240,10 @@ class CodecWorker:
     def open(self, noise_key: int | None = None, *, whole_file: bool = False) -> AudioStream:
         return self.core.open(noise_key, whole_file=whole_file)
 
+    def backlog_seconds(self) -> float:
+        """CodecCore.backlog_seconds(): any thread."""
+        return self.core.backlog_seconds()
+
     def close(self) -> None:
         self._stopping = True
         self._wake_event.set()
@@ -157,7 +253,8 @@ class CodecWorker:
 
     def _run(self) -> None:
         while not self._stopping:
-            self._wake_event.wait(timeout=TICK_S if self.core.has_work() else None)
+            if not self.core.has_waiting():  # windows left by the last step's budget: no pause
+                self._wake_event.wait(timeout=TICK_S if self.core.has_work() else None)
             self._wake_event.clear()
             if not self._stopping:
                 self.core.step()
