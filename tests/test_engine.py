@@ -124,6 +124,19 @@ def test_queue_limit_raises_queue_full(core, prompt):
     assert core.stats() == {"queued": 0, "running": 0, "slots": SLOTS}
 
 
+def test_a_continuation_gets_past_a_full_queue_and_a_new_request_does_not(core, prompt):
+    full = EngineCore(core.runner, max_queue=1)  # the module's runner: this core is never stepped
+    full.add(prompt, params(1), "first", ignore_eos=True)
+    with pytest.raises(QueueFullError, match="^1 requests are already waiting for a slot$"):
+        full.add(prompt, params(2), "second", ignore_eos=True)
+    for index in (1, 2, 3):  # the first request's later parts
+        full.add(prompt, params(2 + index), f"first-{index}.0", ignore_eos=True, continuation=True)
+    with pytest.raises(QueueFullError):
+        full.add(prompt, params(9), "third", ignore_eos=True)
+    assert [r.request_id for r in full.scheduler.waiting] == ["first", "first-1.0", "first-2.0", "first-3.0"]
+    assert full.stats() == {"queued": 4, "running": 0, "slots": SLOTS}
+
+
 def test_a_failing_prefill_fails_its_requests_only(core, prompt, monkeypatch):
     good = core.add(prompt, params(31, 200), ignore_eos=True)
     run(core, steps=3)

@@ -4,11 +4,15 @@ guards that regenerate or end a runaway part, speed on both APIs, and the length
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
-from contextlib import asynccontextmanager
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager, contextmanager
 
 import numpy as np
+import pysbd
 import pytest
 from support.asgi import SPEECH, V1, V2, serve
 from support.wav import wav_samples
@@ -18,6 +22,7 @@ from orpheus_local.audio.crossfade import CROSSFADE_SAMPLES, Crossfade, equal_po
 from orpheus_local.audio.windows import Window
 from orpheus_local.audio.worker import CodecWorker
 from orpheus_local.engine.stream import TokenStream
+from orpheus_local.errors import InputError, QueueFullError
 from orpheus_local.params import SynthesisParams
 from orpheus_local.pipeline.guards import (
     GuardLimits,
@@ -27,7 +32,7 @@ from orpheus_local.pipeline.guards import (
 )
 from orpheus_local.pipeline.parts import WINDOW, part_seed
 from orpheus_local.pipeline.synthesizer import Synthesizer
-from orpheus_local.text.split import part_chars, split_text
+from orpheus_local.text.split import part_chars, pieces, split_text
 from server.settings import ServerSettings
 
 FRAME = fmt.SAMPLES_PER_FRAME
@@ -145,17 +150,23 @@ class ScriptedBackend:
     """Plays back, for each submitted part, frames of the codes script(params, call) gives; a script
     longer than max_tokens is a part that never says end_of_speech."""
 
+    max_prompt_tokens = 512
+
     def __init__(self, script):
         self.script = script
         self.submitted: list[SynthesisParams] = []
+        self.prompts: list[list[int]] = []
+        self.continuations: list[bool] = []
         self.running = self.most_running = 0
         self.budgets: list[int] = []
         self.streams: list[TokenStream] = []
 
-    def submit(self, prompt_ids, params, request_id, *, ignore_eos=False, max_tokens=0):
+    def submit(self, prompt_ids, params, request_id, *, ignore_eos=False, max_tokens=0, continuation=False):
         stream = TokenStream(request_id)
         codes, delay = self.script(params, len(self.submitted))
         self.submitted.append(params)
+        self.prompts.append(prompt_ids)
+        self.continuations.append(continuation)
         self.streams.append(stream)
         self.budgets.append(max_tokens)
         asyncio.get_running_loop().create_task(self._play(stream, codes, delay, max_tokens or params.max_new_tokens))
@@ -199,9 +210,9 @@ def tokenize(text):
 
 
 @asynccontextmanager
-async def scripted(script, limits: GuardLimits | None = None):
+async def scripted(script, limits: GuardLimits | None = None, tokenizer=tokenize):
     backend = ScriptedBackend(script)
-    synth = Synthesizer(tokenize, backend, CodecWorker(LevelCodec()).start())
+    synth = Synthesizer(tokenizer, backend, CodecWorker(LevelCodec()).start())
     if limits is not None:
         synth.guard_limits = limits
     try:
@@ -296,6 +307,143 @@ async def test_a_part_that_runs_away_again_is_ended_where_the_guard_fires(caplog
         f"request req-2, part 1: repeat guard: a cycle of 1 frame(s) repeated for {repeats} frames; {then}"
         for then in ("generating it again with a new seed", "ending it there")
     ]
+
+
+# --- splitting that a leaving listener stops, prompts over the limit, a full queue -------------
+
+
+@contextmanager
+def one_worker_thread():
+    """asyncio.to_thread runs its calls one at a time, in order, on one thread: once a call made
+    later has run, every call made before it has ended."""
+    loop = asyncio.get_running_loop()
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        loop.set_default_executor(executor)
+        try:
+            yield
+        finally:
+            loop.set_default_executor(ThreadPoolExecutor())
+
+
+async def test_a_listener_leaving_while_the_text_is_segmented_stops_the_splitting_within_a_piece(monkeypatch):
+    real = pysbd.Segmenter
+    seen, entered, release = [], threading.Event(), threading.Event()
+
+    class BlockingSegmenter:
+        """pysbd's, recording the length of each text; the first call waits for `release`."""
+
+        def __init__(self, **kw):
+            self.inner = real(**kw)
+
+        def segment(self, text):
+            seen.append(len(text))
+            entered.set()
+            release.wait()
+            return self.inner.segment(text)
+
+    monkeypatch.setattr(pysbd, "Segmenter", BlockingSegmenter)
+    text = (SENTENCES * 40)[:5000]
+    async with scripted(lambda params, call: (part_codes(call, 3), 0.0)) as (synth, backend):
+        with one_worker_thread():
+            listener = asyncio.create_task(synth.synthesize(SynthesisParams(text=text, max_new_tokens=2000)))
+            while not entered.is_set():
+                await asyncio.sleep(0.001)
+            listener.cancel()  # the client left while the first piece is being segmented
+            with pytest.raises(asyncio.CancelledError):
+                await listener
+            release.set()
+            await asyncio.to_thread(lambda: None)  # every segmenting call made before has ended
+    assert seen == [pieces(text)[0][1]] == [487]  # the first piece only
+    assert backend.submitted == []
+
+
+class ByteTokenizer:
+    """One id per UTF-8 byte (an emoji takes 4), recording the texts it is given."""
+
+    def __init__(self):
+        self.texts: list[str] = []
+
+    def __call__(self, text):
+        self.texts.append(text)
+        return {"input_ids": [fmt.BEGIN_OF_TEXT, *text.encode()]}
+
+
+PLAIN = [
+    ("The first sentence is plain, with nothing but letters and spaces, and it goes on long enough that no "
+     "other sentence fits beside it."),
+    ("The second sentence is also plain, and also long enough to need a part of its own in a request with a "
+     "budget of two thousand tokens."),
+    ("The fourth sentence is plain again, it closes the text and it takes a part of its own as the first two "
+     "did, right at the end."),
+]
+FACES = "Then three dozen faces: " + "\U0001F600" * 36 + " and that was all."  # 78 characters, 198 prompt ids
+
+
+async def test_a_part_over_the_prompt_limit_is_split_further_and_every_part_is_heard():
+    text = " ".join([PLAIN[0], PLAIN[1], FACES, PLAIN[2]])
+    tokenizer = ByteTokenizer()
+    async with scripted(lambda params, call: (part_codes(call, 3), 0.0), tokenizer=tokenizer) as (synth, backend):
+        backend.max_prompt_tokens = 160  # the plain parts take 137 to 144 prompt ids; FACES 198
+        pcm = await synth.synthesize(SynthesisParams(text=text, voice="tara", max_new_tokens=2000, seed=4), "req-f")
+    texts = [PLAIN[0], PLAIN[1], "Then three dozen faces:", "\U0001F600" * 36, "and that was all.", PLAIN[2]]
+    assert [p.text for p in backend.submitted] == texts
+    assert backend.prompts == [fmt.build_prompt(ByteTokenizer(), t, "tara") for t in texts]
+    assert [len(ids) for ids in backend.prompts] == [143, 144, 35, 156, 29, 137]  # each at most 160
+    # Each text tokenized once: the parts as split by characters, then the ones FACES was split into.
+    assert tokenizer.texts == [f"tara: {t}" for t in [
+        PLAIN[0], PLAIN[1], FACES, "Then three dozen faces: " + "\U0001F600" * 36, *texts[2:]]]
+    assert backend.continuations == [False, True, True, True, True, True]
+    np.testing.assert_allclose(pcm, joined([level_pcm(part_codes(i, 3)) for i in range(6)]), atol=1e-6)
+
+
+async def test_a_part_that_cannot_fit_the_prompt_limit_is_an_input_error_before_any_audio():
+    text = "Fine. " * 40 + "\U0001F600" * 30 + "."
+    async with scripted(lambda params, call: (part_codes(call, 3), 0.0), tokenizer=ByteTokenizer()) as (synth, backend):
+        backend.max_prompt_tokens = 40  # 16 emoji, the shortest part, take 76
+        stream = synth.stream(SynthesisParams(text=text, voice="tara", max_new_tokens=2000))
+        with pytest.raises(InputError) as error:
+            await anext(stream)
+    assert error.value.field == "text"
+    assert str(error.value) == ("text: too long for one generation even when split "
+                                "(76 prompt tokens for 16 characters, at most 40)")
+    assert backend.submitted == []  # nothing generated, so nothing was heard
+
+
+@pytest.mark.parametrize("backend", ["engine", "reference"])
+async def test_a_full_queue_refuses_a_new_request_never_a_later_part_of_one_under_way(demo_config, backend):
+    synth = Synthesizer.load(dataclasses.replace(demo_config, backend=backend, max_slots=1, max_queue=1))
+    outcomes = []
+    submit = synth.backend.submit
+
+    def recording(prompt_ids, params, request_id, **kw):
+        try:
+            stream = submit(prompt_ids, params, request_id, **kw)
+        except QueueFullError:
+            outcomes.append((request_id, "refused"))
+            raise
+        outcomes.append((request_id, "queued"))
+        return stream
+
+    synth.backend.submit = recording
+    try:
+        busy = synth.stream_ids(SynthesisParams(text="Busy.", max_new_tokens=2000, seed=1), "busy", ignore_eos=True)
+        await anext(busy)  # generating: the one slot (the reference backend: its one generation) is taken
+        params = SynthesisParams(text="Hello there. And a second.", voice="tara", max_new_tokens=100, seed=3)
+        request = asyncio.create_task(synth.synthesize(params, "req-q", ignore_eos=True))  # two parts
+        while len(outcomes) < 3:
+            await asyncio.sleep(0.01)
+        assert outcomes == [("busy", "queued"), ("req-q", "queued"), ("req-q-1.0", "queued")]
+        assert synth.stats()["queued"] == 2  # over max_queue=1: the second part is a continuation
+        with pytest.raises(QueueFullError):
+            synth.submit_ids(SynthesisParams(text="A new request."), "new")
+        with pytest.raises(InputError, match=r"^text: too long for one generation \(513 prompt tokens, at most 512\)$"):
+            synth.backend.submit([fmt.START_OF_HUMAN] * 513, params, "too-long")
+        await busy.aclose()
+        pcm = await request
+    finally:
+        synth.close()
+    assert synth.backend.max_prompt_tokens == 512
+    assert len(pcm) == 2 * 14 * FRAME - CROSSFADE_SAMPLES
 
 
 # --- the demo model ----------------------------------------------------------------------------

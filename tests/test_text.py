@@ -3,10 +3,11 @@
 import random
 import re
 
+import pysbd
 import pytest
 
 from orpheus_local.params import SynthesisParams
-from orpheus_local.text.split import MAX_PART_CHARS, split_text
+from orpheus_local.text.split import MAX_PART_CHARS, PIECE_CHARS, pieces, split_text
 from orpheus_local.text.tags import SUPPORTED_TAGS, TAG, check_tags
 
 SENTENCES = [
@@ -87,6 +88,66 @@ def test_a_5000_character_text_splits_into_bounded_parts_quickly():
     text = " ".join(SENTENCES * 100)[:5000]
     parts = split_text(text)
     assert 25 <= len(parts) <= 40 and all(0 < len(p) <= MAX_PART_CHARS for p in parts)
+
+
+@pytest.fixture
+def segmented(monkeypatch) -> list[int]:
+    """The length of every text pysbd's segmenter is given."""
+    real, lengths = pysbd.Segmenter, []
+
+    class Recording:
+        def __init__(self, **kw):
+            self.inner = real(**kw)
+
+        def segment(self, text):
+            lengths.append(len(text))
+            return self.inner.segment(text)
+
+    monkeypatch.setattr(pysbd, "Segmenter", Recording)
+    return lengths
+
+
+def test_short_lines_are_segmented_a_piece_at_a_time_and_packed_whole(segmented):
+    text = "a\n" * 10000  # pysbd's slowest input: 10 s in one call, quadratic in the length
+    assert split_text(text) == ["\n".join(["a"] * 100)] * 100
+    assert segmented == [PIECE_CHARS] * 40  # every character once
+
+
+@pytest.mark.parametrize("text", ["word " * 4000, "x" * 20000])  # no punctuation; not even a space
+def test_text_without_sentences_is_segmented_a_piece_at_a_time(segmented, text):
+    parts = split_text(text)
+    assert segmented == [PIECE_CHARS] * 40
+    assert all(0 < len(p) <= MAX_PART_CHARS for p in parts)
+    assert words(" ".join(parts)) == words(text) if " " in text else "".join(parts) == text
+
+
+def test_prose_is_segmented_a_piece_at_a_time_and_split_as_a_whole(segmented):
+    text = " ".join(SENTENCES * 100)[:20000]
+    parts = split_text(text)
+    assert segmented == [end - begin for begin, end in pieces(text)] and len(segmented) == 43
+    assert sum(segmented) == len(text) and max(segmented) <= PIECE_CHARS
+    assert all(0 < len(p) <= MAX_PART_CHARS for p in parts) and words(" ".join(parts)) == words(text)
+    for part in parts[:-1]:  # (the last one ends where the 20,000 characters were cut)
+        assert part[-1] in '.!?"', part
+        assert not part.endswith(("Dr.", "Mr.", "U.S.", "p.m.", "$3.")), part
+        assert_whole_tags(part)
+
+
+@pytest.mark.parametrize("text, end", [
+    # a line break in the piece's second half first (pysbd ends a sentence at every one),
+    ("word " * 60 + "line\n" + "more words. Then " * 20, 305),
+    # then a sentence end that surely is one, not "Dr." nor "p.m." (after "cured. ", before "Then"),
+    ("word " * 60 + "Dr. Smith came at 5 p.m. sharp and cured. Then" + " it went on" * 30, 342),
+    ("word " * 60 + "he said Wow! and so on" + " words" * 50, 497),  # ("and" is no sentence's start)
+    # then the last space; with none, the limit, moved before a tag that straddles it.
+    ("x" * 480 + " " + "y" * 200, 481),
+    ("x" * 495 + "<laugh>" + "y" * 300, 495),
+    ("x" * 800, 500),
+])
+def test_pieces_end_at_a_line_break_then_a_sentence_end_then_a_space(text, end):
+    assert pieces(text)[0] == (0, end)
+    spans = pieces(text)
+    assert [b for b, _ in spans[1:]] == [e for _, e in spans[:-1]] and spans[-1][1] == len(text)
 
 
 @pytest.mark.parametrize("tag", SUPPORTED_TAGS)

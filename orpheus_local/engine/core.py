@@ -35,15 +35,16 @@ class EngineCore:
         return cls(ModelRunner.load(config, model_dir, device, dtype), config.max_queue)
 
     def add(self, prompt_ids: list[int], params: SynthesisParams, request_id: str = "", *,
-            ignore_eos: bool = False, max_tokens: int = 0) -> Request:
-        """Queue a request (QueueFullError when the queue is full). ignore_eos and max_tokens force a
-        length: exactly max_new_tokens, or at most max_tokens (benchmarks, guards)."""
+            ignore_eos: bool = False, max_tokens: int = 0, continuation: bool = False) -> Request:
+        """Queue a request (QueueFullError when the queue is full, unless it is a continuation of a
+        request already under way: see Scheduler.add). ignore_eos and max_tokens force a length:
+        exactly max_new_tokens, or at most max_tokens (benchmarks, guards)."""
         if len(prompt_ids) > self.max_prompt_tokens:
             raise InputError("text", f"too long for one generation ({len(prompt_ids)} prompt tokens, "
                                      f"at most {self.max_prompt_tokens})")
         seed = params.seed if params.seed is not None else secrets.randbits(63)
         request = Request(request_id, prompt_ids, params, seed, ignore_eos, max_tokens)
-        self.scheduler.add(request)
+        self.scheduler.add(request, continuation=continuation)
         return request
 
     def abort(self, request: Request) -> None:

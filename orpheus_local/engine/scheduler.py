@@ -25,9 +25,11 @@ class Scheduler:
         self.free_slots = list(range(num_slots))
         self._lock = threading.Lock()
 
-    def add(self, request: Request) -> None:
+    def add(self, request: Request, *, continuation: bool = False) -> None:
+        """Queue a request; QueueFullError when max_queue are waiting, unless it is a continuation (a
+        later part of a request already under way: each has at most a few, so the queue stays bounded)."""
         with self._lock:
-            if len(self.waiting) >= self.max_queue:
+            if not continuation and len(self.waiting) >= self.max_queue:
                 raise QueueFullError(f"{self.max_queue} requests are already waiting for a slot")
             self.waiting.append(request)
 

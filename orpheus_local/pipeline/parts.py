@@ -3,7 +3,9 @@
 Parts of a request run through the engine together (they batch like separate requests). The part
 being listened to streams as it is generated; the parts after it generate meanwhile and wait in
 memory for their turn. At most WINDOW parts are generating or waiting at once, so one long request
-neither floods the engine's queue nor holds more than a few parts' audio.
+neither floods the engine's queue nor holds more than a few parts' audio. Only a request's first
+part can be refused for a full queue (before any audio): its later parts and second attempts are
+continuations, which the backend always accepts (the WINDOW keeps them bounded).
 
 A guard that fires on a part nobody has heard yet generates the part again, once, with a new seed:
 a part waiting its turn can always be redone, as can the part being listened to before its first
@@ -49,8 +51,9 @@ _END = object()
 
 # Called with (guard, action) each time a guard fires; action is "regenerate" or "truncate".
 GuardListener = Callable[[str, str], None]
-# What a part needs from the synthesizer: start a generation (-> its TokenStream), open an audio
-# stream on the codec worker (noise key, whole_file=...) (-> its AudioStream).
+# What a part needs from the synthesizer: start a generation (params, engine id, prompt_ids=...,
+# continuation=..., ...) (-> its TokenStream), open an audio stream on the codec worker (noise key,
+# whole_file=...) (-> its AudioStream).
 SubmitIds = Callable[..., TokenStream]
 OpenAudio = Callable[..., AudioStream]
 
@@ -68,11 +71,12 @@ class Part:
     """One part's generation, started by start(); its PCM chunks wait in a queue until chunks()."""
 
     def __init__(self, submit_ids: SubmitIds, open_audio: OpenAudio, params: SynthesisParams, request_id: str,
-                 index: int, *, limits: GuardLimits | None, ignore_eos: bool = False,
+                 index: int, *, prompt_ids: list[int], limits: GuardLimits | None, ignore_eos: bool = False,
                  on_guard: GuardListener | None = None, whole_file: bool = False):
         self.submit_ids = submit_ids
         self.open_audio = open_audio
         self.params = params
+        self.prompt_ids = prompt_ids  # params' prompt, built once for every attempt
         self.request_id = request_id
         self.index = index
         self.limits = limits  # None: no guards
@@ -128,9 +132,10 @@ class Part:
     async def _attempt(self, attempt: int) -> Runaway | None:
         """Generate and decode the part once, queueing its chunks; the guard that fired, if one did."""
         params = self.params.replace(seed=part_seed(self.params.seed, self.index, attempt))
-        engine_id = self.request_id if self.index == attempt == 0 else f"{self.request_id}-{self.index}.{attempt}"
+        first = self.index == attempt == 0
+        engine_id = self.request_id if first else f"{self.request_id}-{self.index}.{attempt}"
         audio = self.open_audio(params.seed, whole_file=self.whole_file)
-        feeder = asyncio.create_task(self._feed(audio, params, engine_id))
+        feeder = asyncio.create_task(self._feed(audio, params, engine_id, continuation=not first))
         silence = SilenceWatch(self.limits) if self.limits else None
         try:
             async for pcm in audio:
@@ -144,14 +149,15 @@ class Part:
                 feeder.cancel()  # the listener left, or the silence guard fired: stop generating
             await asyncio.gather(feeder, return_exceptions=True)
 
-    async def _feed(self, audio, params: SynthesisParams, engine_id: str) -> Runaway | None:
+    async def _feed(self, audio, params: SynthesisParams, engine_id: str, *, continuation: bool) -> Runaway | None:
         """Generated ids -> whole frames -> the part's decoder; stops early when the repeat guard fires."""
         budget = token_budget(params.text, params.max_new_tokens, self.limits) if self.limits else None
         repeats = RepeatWatch(self.limits) if self.limits else None
         runaway = None
         ids_stream = None
         try:
-            ids_stream = self.submit_ids(params, engine_id, ignore_eos=self.ignore_eos, max_tokens=budget or 0)
+            ids_stream = self.submit_ids(params, engine_id, prompt_ids=self.prompt_ids, continuation=continuation,
+                                         ignore_eos=self.ignore_eos, max_tokens=budget or 0)
             async for ids in ids_stream:  # whole frames, from either backend
                 # Frame by frame: a repeat stops at the frame that fired, however ids were batched.
                 for frame in fmt.ids_to_frames(ids):

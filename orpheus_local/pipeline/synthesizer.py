@@ -2,15 +2,20 @@
 
 text + params -> parts -> prompt ids -> backend (engine or reference) -> audio ids -> frames -> SNAC
 -> PCM, the parts' audio joined in order.
+
+Every part is made and checked before the first one starts: a part whose prompt is over the
+backend's limit is split further, and one that cannot be is an InputError before any audio, never a
+stream cut after its first bytes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import uuid
 from contextlib import aclosing
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 import numpy as np
 
@@ -19,10 +24,18 @@ from orpheus_local.audio.crossfade import CROSSFADE_SAMPLES
 from orpheus_local.audio.snac import SnacCodec
 from orpheus_local.audio.worker import CodecWorker
 from orpheus_local.config import EngineConfig
+from orpheus_local.errors import InputError
 from orpheus_local.params import SynthesisParams
 from orpheus_local.pipeline.guards import GuardLimits
 from orpheus_local.pipeline.parts import GuardListener, Part, join_parts
-from orpheus_local.text.split import part_chars, split_text
+from orpheus_local.text.split import (
+    MIN_PART_CHARS,
+    pack,
+    part_chars,
+    pieces,
+    sentence_starts,
+    split_text,
+)
 from orpheus_local.weights.checkpoint import (
     load_snac,
     load_tokenizer,
@@ -63,11 +76,17 @@ class Synthesizer:
         return fmt.build_prompt(self.tokenizer, params.text, params.voice)
 
     def submit_ids(self, params: SynthesisParams, request_id: str | None = None, *, ignore_eos: bool = False,
-                   max_tokens: int = 0):
+                   max_tokens: int = 0, prompt_ids: list[int] | None = None, continuation: bool = False):
         """Start one generation; its TokenStream yields whole frames of audio ids and, once done,
-        says why it ended (finish_reason). The caller must cancel() it if it stops reading early."""
-        return self.backend.submit(self.prompt_ids(params), params, request_id or uuid.uuid4().hex,
-                                   ignore_eos=ignore_eos, max_tokens=max_tokens)
+        says why it ended (finish_reason). The caller must cancel() it if it stops reading early.
+
+        prompt_ids: the prompt of params, when already built. continuation: a later part or a second
+        attempt of a request already under way, which a full queue does not refuse (QueueFullError is
+        for a request's first part only, before any of its audio).
+        """
+        prompt_ids = self.prompt_ids(params) if prompt_ids is None else prompt_ids
+        return self.backend.submit(prompt_ids, params, request_id or uuid.uuid4().hex, ignore_eos=ignore_eos,
+                                   max_tokens=max_tokens, continuation=continuation)
 
     async def stream_ids(
         self, params: SynthesisParams, request_id: str | None = None, *, ignore_eos: bool = False, max_tokens: int = 0
@@ -90,27 +109,60 @@ class Synthesizer:
         """float32 mono PCM chunks at 24 kHz, in order, as frames are generated.
 
         Text longer than one part (part_chars(max_new_tokens)) is split at sentences and the parts'
-        audio is joined with a crossfade (parts.py). Each part is guarded against running away, and
-        on_guard is told when a guard fires; ignore_eos, which forces every part to max_new_tokens,
-        turns the guards off. whole_file: the caller returns the audio as one file, so it is made
-        independent of timing and of other requests (a seeded request gives the same samples on
-        every run), at the cost of first-chunk latency.
+        audio is joined with a crossfade (parts.py); a part whose prompt is over the backend's
+        max_prompt_tokens is split further, and InputError comes before any chunk when a part cannot
+        be made to fit. Each part is guarded against running away, and on_guard is told when a guard
+        fires; ignore_eos, which forces every part to max_new_tokens, turns the guards off.
+        whole_file: the caller returns the audio as one file, so it is made independent of timing
+        and of other requests (a seeded request gives the same samples on every run), at the cost of
+        first-chunk latency.
         """
         request_id = request_id or uuid.uuid4().hex
-        max_chars = part_chars(params.max_new_tokens)
-        if len(params.text) <= max_chars:
-            texts = [params.text]
-        else:  # the segmenter takes up to half a second on the longest texts: off the event loop
-            texts = await asyncio.to_thread(split_text, params.text, max_chars)
         limits = None if ignore_eos else self.guard_limits
         parts = [
-            Part(self.submit_ids, self.codec_worker.open, params.replace(text=text), request_id, i, limits=limits,
-                 ignore_eos=ignore_eos, on_guard=on_guard, whole_file=whole_file)
-            for i, text in enumerate(texts)
+            Part(self.submit_ids, self.codec_worker.open, params.replace(text=text), request_id, i,
+                 prompt_ids=prompt_ids, limits=limits, ignore_eos=ignore_eos, on_guard=on_guard, whole_file=whole_file)
+            for i, (text, prompt_ids) in enumerate(await self._prompted_parts(params))
         ]
         async with aclosing(join_parts(parts, CROSSFADE_SAMPLES)) as audio:
             async for pcm in audio:
                 yield pcm
+
+    async def _prompted_parts(self, params: SynthesisParams) -> list[tuple[str, list[int]]]:
+        """The request's parts, each with its prompt ids, every prompt within the backend's limit."""
+        encode = functools.partial(fmt.build_prompt, self.tokenizer, voice=params.voice)
+        limit = self.backend.max_prompt_tokens
+        parts = []
+        for text in await self._split(params.text, part_chars(params.max_new_tokens)):
+            parts += await self._fit(text, encode(text), encode, limit)
+        return parts
+
+    @staticmethod
+    async def _split(text: str, max_chars: int) -> list[str]:
+        """split_text, a piece at a time off the event loop (the segmenter holds the GIL for up to
+        tens of ms a piece): a listener that leaves stops the splitting within one piece."""
+        if len(text) <= max_chars:
+            return [text]
+        starts = []
+        for begin, end in pieces(text):
+            starts += await asyncio.to_thread(sentence_starts, text, begin, end)
+        return pack(text, starts, max_chars)
+
+    async def _fit(self, text: str, prompt_ids: list[int], encode: Callable[[str], list[int]],
+                   limit: int) -> list[tuple[str, list[int]]]:
+        """[(text, prompt_ids)] when the prompt fits the limit, else the parts of text split shorter in
+        proportion to the excess (emoji and rare scripts take several tokens a character), each fitted
+        the same way. The segmenter runs off the event loop, the tokenizer (shared by every request) on it."""
+        if len(prompt_ids) <= limit:
+            return [(text, prompt_ids)]
+        if len(text) <= MIN_PART_CHARS:
+            raise InputError("text", f"too long for one generation even when split ({len(prompt_ids)} prompt "
+                                     f"tokens for {len(text)} characters, at most {limit})")
+        shorter = max(MIN_PART_CHARS, min(len(text) - 1, len(text) * limit // len(prompt_ids)))
+        fitted = []
+        for part in await asyncio.to_thread(split_text, text, shorter):
+            fitted += await self._fit(part, encode(part), encode, limit)
+        return fitted
 
     async def synthesize(self, params: SynthesisParams, request_id: str | None = None, **kw) -> np.ndarray:
         """The whole audio at once: a seeded request gives the same samples on every run."""
@@ -119,6 +171,10 @@ class Synthesizer:
 
     def stats(self) -> dict:
         return self.backend.stats()
+
+    def codec_backlog_s(self) -> float:
+        """Seconds of audio decoding the codec worker is behind on (any thread; cheap)."""
+        return self.codec_worker.backlog_seconds()
 
     def close(self) -> None:
         self.backend.close()
@@ -131,7 +187,8 @@ def _load_backend(config: EngineConfig, model_dir, device: str, dtype: str):
         from orpheus_local.reference.backend import ReferenceBackend
         from orpheus_local.reference.generator import ReferenceGenerator
 
-        return ReferenceBackend(ReferenceGenerator.load(model_dir, device, dtype), config.max_queue)
+        return ReferenceBackend(ReferenceGenerator.load(model_dir, device, dtype), config.max_queue,
+                                config.max_prompt_tokens)
     if config.backend == "engine":
         from orpheus_local.engine.core import EngineCore
         from orpheus_local.engine.driver import EngineDriver

@@ -10,7 +10,7 @@ import torch
 
 from orpheus_local import tokens as fmt
 from orpheus_local.engine.stream import TokenStream
-from orpheus_local.errors import NotReadyError, QueueFullError
+from orpheus_local.errors import InputError, NotReadyError, QueueFullError
 from orpheus_local.params import SynthesisParams
 from orpheus_local.reference.generator import ReferenceGenerator
 
@@ -45,11 +45,16 @@ class ReferenceBackend:
     """Threads: the event loop calls submit(), stats() and close(); the worker thread
     ("orpheus-reference") runs the generations. The closing flag and the queue's admission sit
     behind one lock, so a request submitted while the backend closes is ended or refused, never
-    left waiting."""
+    left waiting.
 
-    def __init__(self, generator: ReferenceGenerator, max_queue: int):
+    The same limits as the engine's: a prompt over max_prompt_tokens is an InputError, and a
+    request finding max_queue waiting is refused unless it is a continuation (EngineCore.add)."""
+
+    def __init__(self, generator: ReferenceGenerator, max_queue: int, max_prompt_tokens: int):
         self.generator = generator
-        self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
+        self.max_queue = max_queue
+        self.max_prompt_tokens = max_prompt_tokens
+        self._queue: queue.Queue = queue.Queue()  # bounded by submit(), which lets continuations past
         self._lock = threading.Lock()
         self._closing = False
         self._running = 0  # written by the worker thread only
@@ -61,15 +66,17 @@ class ReferenceBackend:
         return self
 
     def submit(self, prompt_ids: list[int], params: SynthesisParams, request_id: str, *, ignore_eos: bool = False,
-               max_tokens: int = 0) -> TokenStream:
+               max_tokens: int = 0, continuation: bool = False) -> TokenStream:
+        if len(prompt_ids) > self.max_prompt_tokens:
+            raise InputError("text", f"too long for one generation ({len(prompt_ids)} prompt tokens, "
+                                     f"at most {self.max_prompt_tokens})")
         stream = TokenStream(request_id)
         with self._lock:
             if self._closing or self._thread is None:
                 raise NotReadyError("the reference backend is not running")
-            try:
-                self._queue.put_nowait((stream, prompt_ids, params, ignore_eos, max_tokens))
-            except queue.Full:
-                raise QueueFullError(f"{self._queue.maxsize} requests are already waiting") from None
+            if not continuation and self._queue.qsize() >= self.max_queue:
+                raise QueueFullError(f"{self.max_queue} requests are already waiting")
+            self._queue.put_nowait((stream, prompt_ids, params, ignore_eos, max_tokens))
         return stream
 
     def stats(self) -> dict:
