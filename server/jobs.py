@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator, Callable, Iterable
 
 import numpy as np
 
@@ -17,7 +18,7 @@ from orpheus_local.tokens import SAMPLE_RATE
 
 from . import request_log
 from .encoding import EncoderPool
-from .errors import ApiError, busy
+from .errors import RETRY_AFTER_BUSY_S, ApiError, busy
 from .generation import Admission, collect
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class Job:
     speed: float = 1.0  # playback speed of the WAV file
     owner: int | None = None  # the API key that submitted it (its index), when keys are configured
     task: asyncio.Task | None = field(default=None, repr=False)
+    holds_place: bool = field(default=True, repr=False)  # its admission place, until it ends
 
     def metrics(self, now: float) -> dict:
         """Seconds: waiting until the first audio, generating after it, and both."""
@@ -50,6 +52,9 @@ class Job:
 
 
 class JobStore:
+    """Jobs by id. A finished job keeps its place in the store (max_jobs in all, and its key's quota)
+    until ttl_s after it finished, or until it is deleted. clock: seconds, monotonic."""
+
     def __init__(self, admission: Admission, encoders: EncoderPool, max_jobs: int, ttl_s: float,
                  clock: Callable[[], float] = time.monotonic):
         self.admission = admission
@@ -60,15 +65,25 @@ class JobStore:
         self._jobs: dict[str, Job] = {}
 
     def submit(self, generate: Callable[[str], AsyncIterator[np.ndarray]], *, speed: float = 1.0,
-               owner: int | None = None) -> Job:
-        """Start generate(job_id) in the background; 429 when the server or the store is full."""
+               owner: int | None = None, quota: int | None = None) -> Job:
+        """Start generate(job_id) in the background; 429 when the server or the store is full, or when
+        owner already has quota jobs stored. quota applies to API keys only: owner None (an open
+        server, where every client is the same owner) is bounded by max_jobs alone."""
         self._forget_expired()
+        if owner is not None and quota is not None:
+            mine = [job for job in self._jobs.values() if job.owner == owner]
+            if len(mine) >= quota:
+                raise busy(f"this API key's quota of {quota} stored v2 jobs is used (finished ones count until "
+                           f"their results expire); DELETE /v2/requests/{{request_id}} frees a place",
+                           self._retry_after(mine))
         if len(self._jobs) >= self.max_jobs:
-            raise busy(f"{self.max_jobs} jobs are stored")
+            raise busy(f"{self.max_jobs} jobs are stored", self._retry_after(self._jobs.values()))
         self.admission.acquire()
         job_id = secrets.token_urlsafe(16)  # unguessable: no client can find another's results
         job = self._jobs[job_id] = Job(job_id, created=self.clock(), speed=speed, owner=owner)
         job.task = asyncio.create_task(self._run(job, generate(job_id)), name=f"job-{job_id}")
+        # A task cancelled before its first step never enters _run: its place is given back here.
+        job.task.add_done_callback(lambda _: self._end(job))
         return job
 
     def get(self, job_id: str, owner: int | None = None) -> Job | None:
@@ -76,6 +91,18 @@ class JobStore:
         self._forget_expired()
         job = self._jobs.get(job_id)
         return job if job is not None and job.owner == owner else None
+
+    async def delete(self, job_id: str, owner: int | None = None) -> Job | None:
+        """Forget the job (None if get() would not find it); a job still queued or running is
+        cancelled first, and its admission place is free on return."""
+        job = self.get(job_id, owner)
+        if job is None:
+            return None
+        del self._jobs[job_id]
+        if job.task is not None and not job.task.done():
+            job.task.cancel()
+            await asyncio.wait({job.task})
+        return job
 
     async def close(self) -> None:
         """Cancel the jobs still generating (server shutdown)."""
@@ -102,11 +129,26 @@ class JobStore:
             log.exception("job %s failed", job.id)
             job.status, job.error, record.status = FAILED, f"generation failed (request {job.id})", 500
         finally:
-            job.finished = self.clock()
-            self.admission.release()
+            self._end(job)
             record.write()
 
+    def _end(self, job: Job) -> None:
+        """The job has ended (done, failed or cancelled): its time to live starts, its place is given
+        back. Once only."""
+        if job.holds_place:
+            job.holds_place = False
+            job.finished = self.clock()
+            self.admission.release()
+
+    def _retry_after(self, jobs: Iterable[Job]) -> int:
+        """Seconds until the first of jobs to expire does (at least 1); a short wait when none has
+        finished yet."""
+        finished = [job.finished for job in jobs if job.finished is not None]
+        if not finished:
+            return RETRY_AFTER_BUSY_S
+        return max(1, math.ceil(min(finished) + self.ttl_s - self.clock()))
+
     def _forget_expired(self) -> None:
-        cutoff = self.clock() - self.ttl_s
-        for job_id in [j.id for j in self._jobs.values() if j.finished is not None and j.finished < cutoff]:
+        now = self.clock()
+        for job_id in [j.id for j in self._jobs.values() if j.finished is not None and j.finished + self.ttl_s <= now]:
             del self._jobs[job_id]

@@ -5,8 +5,9 @@ from __future__ import annotations
 from decimal import Decimal
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from orpheus_local.config import EngineConfig
@@ -47,13 +48,48 @@ class ServerSettings(BaseSettings):
     remaining_credits: Decimal = Field(Decimal(1000), description="value of the X-Remaining-Credits header")
     max_body_bytes: int = Field(1 << 20, ge=1, description="largest request body accepted (413 above)")
     max_text_chars: int = Field(20000, ge=1, description="longest text one request may have (413 above)")
+    receive_timeout_s: float = Field(
+        15.0, gt=0, description="seconds a client has to send a whole request (headers and body) before its connection is closed")
+    send_timeout_s: float = Field(
+        30.0, gt=0, description="seconds a client may read nothing while its response waits to be sent, before it is dropped")
+    max_connections: int = Field(
+        2048, ge=1, description="open connections before new ones get 503 (lowered to fit the process's file limit)")
     max_in_flight: int = Field(256, ge=1, description="requests generating or queued before new ones get 429")
+    max_codec_backlog_s: float = Field(
+        2.0, gt=0, description="seconds of audio-decoding work queued before new requests get 429")
     max_jobs: int = Field(1000, ge=1, description="v2 jobs kept in memory (queued, running and finished)")
     job_ttl_s: float = Field(3600.0, gt=0, description="seconds a finished v2 result is kept")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log verbosity")
     log_format: Literal["text", "json"] = Field("text", description="log lines as text, or as one JSON object each")
     shutdown_grace_s: float = Field(
         30.0, ge=0, description="on SIGTERM or SIGINT, seconds the requests in flight get to finish (a second signal stops at once)")
+
+    # --- v2 jobs and links ---
+    max_jobs_per_key: int = Field(
+        100, ge=1, description="v2 jobs one API key may have stored (queued, running, and finished until they expire or "
+                               "are deleted) before its new ones get 429; not applied on an open server (no keys), "
+                               "where every client is the same and max_jobs alone bounds the store")
+    public_url: str | None = Field(
+        None, description="base URL clients reach the server at (e.g. https://tts.example.com): v2 links are built "
+                          "from it; unset or empty: from the Host header of each request")
+    trusted_proxies: str = Field(
+        "", description="comma-separated addresses whose X-Forwarded-For and X-Forwarded-Proto headers are trusted; "
+                        "empty: none")
+
+    @field_validator("public_url")
+    @classmethod
+    def check_public_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        parts = urlsplit(value)
+        try:
+            absolute = (parts.scheme in ("http", "https") and bool(parts.hostname) and not parts.query
+                        and not parts.fragment and (parts.port or 0) >= 0)  # .port raises for a bad port
+        except ValueError:
+            absolute = False
+        if not absolute:
+            raise ValueError("must be an absolute http(s) URL such as https://tts.example.com")
+        return value.rstrip("/")
 
     def engine_config(self) -> EngineConfig:
         return EngineConfig(

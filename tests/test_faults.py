@@ -187,8 +187,12 @@ async def test_the_v2_job_store_evicts_expired_results_and_stays_bounded_under_a
           f"{stored_after_second}; refused {sum(r.status_code == 429 for r in first + second)} with 429")
     assert [r.status_code for r in first].count(200) == 50 and len(first) == 300
     assert {r.status_code for r in first} == {200, 429}
-    assert all(r.json() == {"error": "too many requests: 50 jobs are stored; retry shortly"}
-               for r in first if r.status_code == 429)
+    # Refused while all 50 were generating: retry shortly; once some had finished: when the oldest expires.
+    assert all((r.json(), r.headers["retry-after"]) in (
+        ({"error": "too many requests: 50 jobs are stored; retry shortly"}, "1"),
+        ({"error": "too many requests: 50 jobs are stored; retry in 60 s"}, "60"))
+        for r in first if r.status_code == 429)
     assert stored_after_first == 50 and again_too_soon.status_code == 429
+    assert again_too_soon.headers["retry-after"] == "60"  # every result finished: the first expires in 60 s
     assert [r.status_code for r in second].count(200) == 50 and stored_after_second == 50
     assert forgotten.status_code == 404

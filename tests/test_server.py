@@ -351,12 +351,14 @@ async def test_malformed_multipart_is_400():
 
 
 @pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded", "text/plain", None])
-async def test_other_content_types_are_406(content_type):
+async def test_other_content_types_are_415_and_406_on_segmind_routes_as_segmind_documents(content_type):
     headers = {"content-type": content_type} if content_type else {}
     async with serve(FakeSynth()) as (client, _):
-        response = await client.post(V1, content=b"text=Hi", headers=headers)
-    assert response.status_code == 406
-    assert response.json()["error"].startswith("Content-Type must be application/json or multipart/form-data")
+        segmind = await client.post(V1, content=b"text=Hi", headers=headers)
+        openai = await client.post(SPEECH, content=b"input=Hi", headers=headers)
+    assert segmind.status_code == 406 and openai.status_code == 415
+    assert segmind.json()["error"].startswith("Content-Type must be application/json or multipart/form-data")
+    assert openai.json()["error"]["message"].startswith("Content-Type must be application/json or multipart/form-data")
 
 
 async def test_json_with_charset_is_accepted():
@@ -579,7 +581,7 @@ async def test_openapi_document_lists_every_route():
         "/v1/orpheus-3b-0.1": {"post"},
         "/v2/orpheus-3b-0.1": {"post"},
         "/v2/requests/{request_id}/status": {"get"},
-        "/v2/requests/{request_id}": {"get"},
+        "/v2/requests/{request_id}": {"get", "delete"},
         "/v1/requests/{request_id}": {"get"},
         "/v2/requests/{request_id}/output.wav": {"get"},
         "/v1/audio/speech": {"post"},

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, Response
 from orpheus_local.audio.encoders import StreamEncoder
 
 from ..auth import CLIENT_KEY
-from ..body import JSON, MULTIPART, read_fields
+from ..body import JSON, MULTIPART, SEGMIND_UNSUPPORTED_MEDIA_TYPE, read_fields
 from ..errors import SERVED_MODEL, ApiError
 from ..generation import encoded, pcm_chunks, whole_file
 from ..jobs import COMPLETED, FAILED, Job
@@ -26,7 +26,8 @@ _BODY = openapi_body(SegmindRequest, JSON, MULTIPART)
 
 
 async def _read(request: Request, state: State) -> SegmindRequest:
-    return parse(SegmindRequest, await read_fields(request, state.settings.max_body_bytes))
+    fields = await read_fields(request, state.settings.max_body_bytes, unsupported_status=SEGMIND_UNSUPPORTED_MEDIA_TYPE)
+    return parse(SegmindRequest, fields)
 
 
 @router.post(f"/v1/{SERVED_MODEL}", summary="synthesize speech, answered with the WAV file",
@@ -42,7 +43,7 @@ async def synthesize(request: Request, state: State) -> Response:
     if body.stream:
         # The generation time is unknown when the headers leave, so a stream goes without it.
         encoder = StreamEncoder("wav", speed=body.speed)
-        return await start_stream(encoded(state.admission, state.encoders, chunks, encoder), encoder.content_type,
+        return await start_stream(request, encoded(state.admission, state.encoders, chunks, encoder), encoder.content_type,
                                   headers)
     audio = await whole_file(request, state.admission, state.encoders, chunks, "wav", body.speed)
     headers["X-Generation-Time"] = f"{time.perf_counter() - started:.3f}"
@@ -56,14 +57,14 @@ async def submit(request: Request, state: State) -> dict:
     body = await _read(request, state)
     params = body.synthesis_params(state.settings.max_text_chars)
     job = state.jobs.submit(lambda job_id: pcm_chunks(synth, params, job_id, state.metrics, whole_file=True), speed=body.speed,
-                            owner=_client(request))
-    status_url = str(request.url_for("job_status", request_id=job.id))
+                            owner=_client(request), quota=state.settings.max_jobs_per_key)
+    status_url = _link(request, state, "job_status", job.id)
     return {
         "request_id": job.id,
         "status": job.status,
         "poll_url": status_url,
         "status_url": status_url,
-        "response_url": str(request.url_for("job_result", request_id=job.id)),
+        "response_url": _link(request, state, "job_result", job.id),
     }
 
 
@@ -72,12 +73,23 @@ def _client(request: Request) -> int | None:
     return getattr(request.state, CLIENT_KEY, None)
 
 
+def _link(request: Request, state: State, name: str, request_id: str) -> str:
+    """An absolute URL of a job's route: under public_url when it is set, else at the host the client used."""
+    if (base := state.settings.public_url) is not None:
+        return base + request.app.url_path_for(name, request_id=request_id)
+    return str(request.url_for(name, request_id=request_id))
+
+
+def _not_found(state: State, request_id: str) -> ApiError:
+    hours = state.settings.job_ttl_s / 3600
+    shown = request_id if len(request_id) <= 64 else request_id[:64] + "..."  # echo no more than an id's worth
+    return ApiError(404, f"request {shown} not found (results are kept {hours:g} h)", code="not_found")
+
+
 def _job(state: State, request_id: str, request: Request) -> Job:
     job = state.jobs.get(request_id, owner=_client(request))
     if job is None:
-        hours = state.settings.job_ttl_s / 3600
-        shown = request_id if len(request_id) <= 64 else request_id[:64] + "..."  # echo no more than an id's worth
-        raise ApiError(404, f"request {shown} not found (results are kept {hours:g} h)", code="not_found")
+        raise _not_found(state, request_id)
     return job
 
 
@@ -92,8 +104,8 @@ async def job_status(request_id: str, request: Request, state: State):
     body = {
         "request_id": job.id,
         "status": job.status,
-        "status_url": str(request.url_for("job_status", request_id=job.id)),
-        "response_url": str(request.url_for("job_result", request_id=job.id)),
+        "status_url": _link(request, state, "job_status", job.id),
+        "response_url": _link(request, state, "job_result", job.id),
         "metrics": job.metrics(state.jobs.clock()),
     }
     return _failed(job, body) if job.status == FAILED else body
@@ -107,8 +119,17 @@ async def job_result(request_id: str, request: Request, state: State):
     if job.status == FAILED:
         return _failed(job, body)
     if job.status == COMPLETED:
-        body["output"] = str(request.url_for("job_output", request_id=job.id))
+        body["output"] = _link(request, state, "job_output", job.id)
     return body
+
+
+@router.delete("/v2/requests/{request_id}", name="job_delete",
+               summary="forget a job, cancelling its generation if still queued or running: 200 with "
+                       "{request_id, status: DELETED}; its URLs answer 404 from then on")
+async def job_delete(request_id: str, request: Request, state: State) -> dict:
+    if await state.jobs.delete(request_id, owner=_client(request)) is None:
+        raise _not_found(state, request_id)
+    return {"request_id": request_id, "status": "DELETED"}
 
 
 @router.get("/v2/requests/{request_id}/output.wav", name="job_output", summary="a completed job's audio",
