@@ -10,8 +10,10 @@ ever, and enough of them exhaust the file descriptors. This protocol adds:
 - a send deadline: a client that reads nothing for `send_timeout_s` while its response waits to be
   written (the socket's buffers full; the kernel queues at most UNSENT_BYTES unsent) is dropped,
   which ends its generation and frees its place;
-- a connection cap: above `max_connections` open connections, a new one is answered 503 and closed
-  at once, so the process never runs out of file descriptors.
+- a connection cap: at `max_connections` open connections, a new one takes the place of the oldest
+  connection that has not sent a whole request (a slow sender, or one idling between requests);
+  when every connection has a request under way, the new one is answered 503 and closed at once. So
+  the process never runs out of file descriptors, and slow senders cannot keep others out.
 
 Each kind of closing is logged as one warning per minute at most, with the count since the last.
 """
@@ -67,9 +69,30 @@ class ConnectionLimits:
         self.send_timeout_s = send_timeout_s
         self.max_connections = max_connections
         self.refused = RateLimitedWarning(f"refused connections over the cap of {max_connections}")
+        self.evicted = RateLimitedWarning(
+            f"closed the oldest connections without a whole request, to make room under the cap of {max_connections}")
+        # Open connections by age, oldest first (a kept-alive one counts from its last response).
+        self._by_age: dict[GuardedH11Protocol, None] = {}
         self.receive_timeouts = RateLimitedWarning(
             f"closed connections that did not send a whole request within {receive_timeout_s:g} s")
         self.slow_readers = RateLimitedWarning(f"dropped clients that read nothing for {send_timeout_s:g} s")
+
+    def opened(self, connection: GuardedH11Protocol) -> None:
+        self._by_age.pop(connection, None)
+        self._by_age[connection] = None
+
+    def closed(self, connection: GuardedH11Protocol) -> None:
+        self._by_age.pop(connection, None)
+
+    def make_room(self) -> bool:
+        """Close the oldest connection that has not sent a whole request; False if there is none."""
+        for connection in list(self._by_age):
+            if connection.waiting_for_request():
+                self.closed(connection)
+                self.evicted.note(_address(connection.client))
+                connection.close_unfinished(RECEIVE_TIMEOUT)
+                return True
+        return False
 
     def protocol(self) -> type[H11Protocol]:
         """The protocol class to give uvicorn.Config(http=...)."""
@@ -90,26 +113,44 @@ class GuardedH11Protocol(H11Protocol):
         super().connection_made(transport)
         self._receipt_timer: asyncio.TimerHandle | None = None
         self._send_timer: asyncio.TimerHandle | None = None
-        if over_cap:
-            self.limits.refused.note(f"{_address(self.client)}")
+        if over_cap and not self.limits.make_room():
+            self.limits.refused.note(_address(self.client))
             transport.write(_REFUSAL)
             transport.close()
             return
+        self.limits.opened(self)
         _limit_unsent(transport)
         self._arm_receipt()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timers()
+        self.limits.closed(self)
         super().connection_lost(exc)
 
     def handle_websocket_upgrade(self, event: h11.Request) -> None:
         self._cancel_timers()  # the WebSocket protocol owns the connection from here on
+        self.limits.closed(self)
         super().handle_websocket_upgrade(event)
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
         if not self.transport.is_closing():
+            self.limits.opened(self)  # waiting for its next request: as young as a new connection
             self._arm_receipt()  # the next request on this connection gets its own deadline
+
+    def waiting_for_request(self) -> bool:
+        """Open, and its request not whole yet (or none sent since the last response), with no
+        response under way."""
+        if self.transport.is_closing() or self.transport.get_protocol() is not self:
+            return False
+        if self.conn.their_state not in (h11.IDLE, h11.SEND_BODY):
+            return False
+        return self.cycle is None or not self.cycle.response_started or self.cycle.response_complete
+
+    def close_unfinished(self, why: str) -> None:
+        """Close a connection whose request has not all arrived."""
+        self._mark_cut(why)
+        self.transport.close()
 
     def pause_writing(self) -> None:
         super().pause_writing()
@@ -134,9 +175,8 @@ class GuardedH11Protocol(H11Protocol):
             return
         if self.conn.their_state not in (h11.IDLE, h11.SEND_BODY):
             return  # the request is in: its response takes as long as it takes
-        self.limits.receive_timeouts.note(f"{_address(self.client)}")
-        self._mark_cut(RECEIVE_TIMEOUT)
-        self.transport.close()
+        self.limits.receive_timeouts.note(_address(self.client))
+        self.close_unfinished(RECEIVE_TIMEOUT)
 
     def _send_expired(self) -> None:
         self._send_timer = None

@@ -49,23 +49,71 @@ def access_lines(caplog) -> list[dict]:
     return [r.fields for r in caplog.records if r.name == "server.requests" and hasattr(r, "fields")]
 
 
-def test_slow_senders_are_closed_at_the_deadline_and_connections_over_the_cap_are_refused(caplog):
+SLOW_START = b"POST /v1/orpheus-3b-0.1 HTTP/1.1\r\nhost: x\r\nx-slow: "  # and the rest never comes
+
+
+def test_slow_senders_are_closed_at_the_receipt_deadline(caplog):
     caplog.set_level(logging.INFO)
-    with uvicorn_in_thread(FakeSynth(), receive_timeout_s=0.5, max_connections=20) as (app, port, loop):
-        # Slowloris: a request line and part of a header, the rest never comes.
-        slow = [connect(port, b"POST /v1/orpheus-3b-0.1 HTTP/1.1\r\nhost: x\r\nx-slow: ") for _ in range(20)]
-        # Over the cap: answered 503 at once. (They send nothing: a request left unread when the
-        # server closes would turn the close into a reset, which drops the 503 on its way.)
-        over = [read_to_end(connect(port)) for _ in range(5)]
-        slow_answers = [read_to_end(s) for s in slow]
+    with uvicorn_in_thread(FakeSynth(), receive_timeout_s=0.5) as (app, port, loop):
+        answers = [read_to_end(s) for s in [connect(port, SLOW_START) for _ in range(20)]]
         after = health(port)
-    assert len(set(over)) == 1 and over[0].startswith(b"HTTP/1.1 503 ")
-    assert b"retry-after: 1" in over[0] and over[0].endswith(b'{"error": "too many open connections; retry shortly"}')
-    assert slow_answers == [b""] * 20  # closed at the deadline, without an answer
-    assert after.startswith(b"HTTP/1.1 200 ")  # once they are gone, the cap lets clients in again
-    # One warning line for each kind, however many connections (the log cannot be flooded).
-    assert len(warnings(caplog, "refused connections over the cap of 20")) == 1
+    assert answers == [b""] * 20  # closed without an answer
+    assert after.startswith(b"HTTP/1.1 200 ")
+    # One warning line, however many connections: the log cannot be flooded.
     assert len(warnings(caplog, "closed connections that did not send a whole request within 0.5 s")) == 1
+
+
+def test_at_the_connection_cap_a_new_client_takes_the_place_of_the_oldest_slow_one(caplog):
+    caplog.set_level(logging.INFO)
+    with uvicorn_in_thread(FakeSynth(), receive_timeout_s=600, max_connections=20) as (app, port, loop):
+        slow = [connect(port, SLOW_START) for _ in range(20)]
+        # The cap is full of slow senders; five clients come, and stay (kept alive).
+        kept = [connect(port, b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n") for _ in range(5)]
+        answers = [s.recv(65536) for s in kept]
+        evicted = [closed_by_server(s) for s in slow[:5]]
+        for s in slow[5:] + kept:
+            s.setblocking(False)
+        still_open = sum(1 for s in slow[5:] + kept if _still_open(s))
+        for s in slow[5:] + kept:
+            s.close()
+    assert all(a.startswith(b"HTTP/1.1 200 ") for a in answers)
+    assert evicted == [True] * 5 and still_open == 20  # the oldest five made room, the others wait on
+    assert len(warnings(caplog, "closed the oldest connections without a whole request, to make room under the "
+                                "cap of 20")) == 1
+
+
+def test_at_the_cap_with_every_connection_busy_a_new_one_is_refused_with_503(caplog):
+    caplog.set_level(logging.INFO)
+    synth = FakeSynth(chunks=1, wait=True)
+    with uvicorn_in_thread(synth, max_connections=3) as (app, port, loop):
+        streams = [connect(port, STREAM_REQUEST) for _ in range(3)]
+        assert all(s.recv(65536).startswith(b"HTTP/1.1 200 ") for s in streams)  # three responses under way
+        refused = read_to_end(connect(port))  # sends nothing: the close cannot turn into a reset
+        loop.call_soon_threadsafe(synth.release.set)
+        ended = [read_to_end(s) for s in streams]
+    assert refused.startswith(b"HTTP/1.1 503 ") and b"retry-after: 1" in refused
+    assert refused.endswith(b'{"error": "too many open connections; retry shortly"}')
+    assert all(e.endswith(b"0\r\n\r\n") for e in ended)  # the streams were not disturbed
+    assert len(warnings(caplog, "refused connections over the cap of 3")) == 1
+
+
+def closed_by_server(sock: socket.socket) -> bool:
+    """The server closed the connection without an answer (a reset when it closed before reading
+    what the client had sent)."""
+    try:
+        return read_to_end(sock) == b""
+    except ConnectionResetError:
+        return True
+
+
+def _still_open(sock: socket.socket) -> bool:
+    """Not closed by the server (a non-blocking socket; what is left of an answer may be waiting)."""
+    try:
+        return sock.recv(65536) != b""
+    except BlockingIOError:
+        return True
+    except ConnectionResetError:
+        return False
 
 
 def test_a_body_that_trickles_is_cut_at_the_deadline_and_logged(caplog):
