@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from . import errors
 from .auth import ApiKeyAuth, load_keys
+from .connections import quiet_accept_errors
 from .metrics import RequestCounter
 from .request_log import AccessLog
 from .routes import openai, ops, segmind
@@ -34,6 +35,7 @@ def build_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        quiet_accept_errors(asyncio.get_running_loop())
         if keys:
             log.info("API keys required (%d configured)", len(keys))
         else:

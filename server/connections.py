@@ -21,6 +21,7 @@ Each kind of closing is logged as one warning per minute at most, with the count
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 import struct
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 # Set in the request's ASGI scope when the connection was cut, for the access log.
 CUT_KEY = "orpheus.cut"
 RECEIVE_TIMEOUT, SLOW_READER = "receive timeout", "slow reader"
-UNSENT_BYTES = 64 * 1024  # queued in the kernel per connection, beyond what is in flight
+UNSENT_BYTES = 16 * 1024  # queued in the kernel per connection, beyond what is in flight
 
 _REFUSAL_BODY = b'{"error": "too many open connections; retry shortly"}'
 _REFUSAL = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n"
@@ -203,10 +204,34 @@ class GuardedH11Protocol(H11Protocol):
         self._receipt_timer = self._send_timer = None
 
 
+# accept() errors that asyncio reports through the loop's exception handler, with a traceback each
+# time; it then pauses accepting for a second by itself.
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+def quiet_accept_errors(loop: asyncio.AbstractEventLoop) -> None:
+    """Log accept() failures for want of file descriptors or memory as one warning a minute, with
+    their count, instead of one traceback each (which filled disks under a connection flood);
+    every other error goes to the handler that was there."""
+    warning = RateLimitedWarning("could not accept connections (out of file descriptors or memory)")
+    previous = loop.get_exception_handler()
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        exc = context.get("exception")
+        if isinstance(exc, OSError) and exc.errno in _OUT_OF_RESOURCES:
+            warning.note(str(exc))
+        elif previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
+
+
 def _limit_unsent(transport: asyncio.Transport) -> None:
     """Keep at most UNSENT_BYTES queued in the kernel for a client: beyond that the transport's own
-    buffer fills and pauses the response, so a client that stops reading is noticed after a second
-    or so of audio, not after the megabytes the kernel would otherwise queue for it. Only bytes not
+    buffer fills and pauses the response, so a client that stops reading is noticed after about a
+    second of audio, not after the megabytes the kernel would otherwise queue for it. Only bytes not
     yet sent count: what is in flight (and so the throughput over a long path) is not limited."""
     sock = transport.get_extra_info("socket")
     if sock is not None and hasattr(socket, "TCP_NOTSENT_LOWAT") and sock.family in (socket.AF_INET, socket.AF_INET6):

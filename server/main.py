@@ -42,6 +42,9 @@ def check_checkpoint(config: EngineConfig) -> None:
 
 # File descriptors kept for everything but client connections: weights, logs, threads' pipes.
 RESERVED_FDS = 128
+# Connections waiting to be accepted (nginx's default). asyncio accepts up to this many at once,
+# before the cap can close any: the file limit must leave room for one such burst.
+BACKLOG = 511
 
 
 def fit_connections(wanted: int) -> int:
@@ -56,7 +59,7 @@ def fit_connections(wanted: int) -> int:
             pass
     if soft == resource.RLIM_INFINITY:
         return wanted
-    fitted = max(1, min(wanted, soft - RESERVED_FDS))
+    fitted = max(1, min(wanted, soft - RESERVED_FDS - BACKLOG))
     if fitted < wanted:
         log.warning("max_connections lowered from %d to %d to fit the file limit (%d)", wanted, fitted, soft)
     return fitted
@@ -93,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     # access_log off: server/request_log.py writes one richer line per request instead
     server_config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_config=None, access_log=False, http=limits.protocol(),
+        backlog=BACKLOG,
         # X-Forwarded-For and -Proto are believed from the configured proxies only (uvicorn trusts loopback by default)
         proxy_headers=bool(trusted), forwarded_allow_ips=trusted or None,
     )

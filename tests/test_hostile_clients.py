@@ -4,12 +4,16 @@ connection cap, clients that never read, and clients that leave before their fir
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 
 import pytest
 from support.asgi import SPEECH, V1, FakeSynth, call_asgi, serve
 from support.uvicorn_thread import call_in_loop, uvicorn_in_thread
+
+from server import main as server_main
+from server.connections import quiet_accept_errors
 
 WAIT_S = 30  # bound on waiting for an event that must happen; never reached when things work
 BODY = b'{"text": "Hello there.", "voice": "tara", "stream": true}'
@@ -179,3 +183,34 @@ async def test_a_client_gone_before_its_first_audio_ends_the_generation_and_is_l
         in_flight = app.state.server.admission.count
     assert status is None and chunks == [] and in_flight == 0
     assert [f["status"] for f in access_lines(caplog) if f["route"] == path] == [499]
+
+
+async def test_accept_failures_for_want_of_descriptors_are_one_warning_a_minute_not_a_traceback_each(caplog):
+    caplog.set_level(logging.INFO)
+    loop = asyncio.get_running_loop()
+    passed_on = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda loop, context: passed_on.append(context["message"]))
+    try:
+        quiet_accept_errors(loop)
+        for _ in range(1000):  # what asyncio reports for each failed accept()
+            loop.call_exception_handler({"message": "socket.accept() out of system resource",
+                                         "exception": OSError(errno.EMFILE, "Too many open files")})
+        loop.call_exception_handler({"message": "something else", "exception": ValueError("x")})
+    finally:
+        loop.set_exception_handler(previous)
+    assert len(warnings(caplog, "could not accept connections (out of file descriptors or memory)")) == 1
+    assert passed_on == ["something else"]  # other errors still reach the handler that was there
+
+
+@pytest.mark.parametrize("limits,wanted,raised_to,cap", [
+    ((1024, 1024), 2048, None, 1024 - 128 - 511),  # no room to raise: the cap comes down to fit
+    ((1024, 65536), 2048, 65536, 2048),  # the soft limit is raised to the hard one first
+    ((4096, 4096), 100, None, 100),  # a cap that fits is kept
+])
+def test_the_connection_cap_fits_below_the_file_limit(monkeypatch, limits, wanted, raised_to, cap):
+    raised = []
+    monkeypatch.setattr(server_main.resource, "getrlimit", lambda which: limits)
+    monkeypatch.setattr(server_main.resource, "setrlimit", lambda which, value: raised.append(value))
+    assert server_main.fit_connections(wanted) == cap
+    assert raised == ([] if raised_to is None else [(raised_to, raised_to)])
