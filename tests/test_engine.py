@@ -9,6 +9,8 @@ from orpheus_local import tokens as fmt
 from orpheus_local.config import EngineConfig
 from orpheus_local.engine.core import EngineCore
 from orpheus_local.engine.driver import EngineDriver
+from orpheus_local.engine.request import Request, Status
+from orpheus_local.engine.scheduler import MAX_CONTINUATION_WAIT, Scheduler
 from orpheus_local.errors import (
     GenerationError,
     InputError,
@@ -133,8 +135,39 @@ def test_a_continuation_gets_past_a_full_queue_and_a_new_request_does_not(core, 
         full.add(prompt, params(2 + index), f"first-{index}.0", ignore_eos=True, continuation=True)
     with pytest.raises(QueueFullError):
         full.add(prompt, params(9), "third", ignore_eos=True)
-    assert [r.request_id for r in full.scheduler.waiting] == ["first", "first-1.0", "first-2.0", "first-3.0"]
+    assert [r.request_id for r in full.scheduler.waiting] == ["first"]
+    assert [r.request_id for _, r in full.scheduler.continuing] == ["first-1.0", "first-2.0", "first-3.0"]
     assert full.stats() == {"queued": 4, "running": 0, "slots": SLOTS}
+
+
+def _waiting_request(name: str) -> Request:
+    return Request(name, [1, 2, 3], SynthesisParams(text="Hi.", max_new_tokens=100), seed=0)
+
+
+def test_free_slots_go_to_new_requests_before_the_parts_queued_ahead_of_a_listener():
+    scheduler = Scheduler(num_slots=1, max_queue=8)
+    scheduler.add(_waiting_request("long-1.0"), continuation=True)
+    scheduler.add(_waiting_request("long-2.0"), continuation=True)
+    scheduler.add(_waiting_request("new"))
+    admitted, _ = scheduler.admit()
+    assert [r.request_id for r in admitted] == ["new"]  # though it came last
+    scheduler.release(admitted[0], Status.FINISHED)
+    admitted, _ = scheduler.admit()
+    assert [r.request_id for r in admitted] == ["long-1.0"]  # no new request waits: the parts go on
+
+
+def test_a_continuation_that_has_waited_its_longest_goes_before_new_requests():
+    scheduler = Scheduler(num_slots=1, max_queue=MAX_CONTINUATION_WAIT + 8)
+    scheduler.add(_waiting_request("long-1.0"), continuation=True)
+    order = []
+    for i in range(MAX_CONTINUATION_WAIT + 2):  # new requests keep coming, one slot frees per step
+        scheduler.add(_waiting_request(f"new-{i}"))
+        admitted, _ = scheduler.admit()
+        order += [r.request_id for r in admitted]
+        for request in admitted:
+            scheduler.release(request, Status.FINISHED)
+    assert order.index("long-1.0") == MAX_CONTINUATION_WAIT - 1  # admitted at its MAX_CONTINUATION_WAIT-th admission
+    assert len(order) == MAX_CONTINUATION_WAIT + 2
 
 
 def test_a_failing_prefill_fails_its_requests_only(core, prompt, monkeypatch):

@@ -2,7 +2,13 @@
 
 Pure bookkeeping: no tensors. add(), abort() and stats() may be called from any thread; everything
 else from the thread that steps the engine. One lock guards what both sides touch: the waiting
-queue, the running list's membership and the requests' aborted flags.
+queues, the running list's membership and the requests' aborted flags.
+
+Two waiting queues: new requests (a request's first part, which someone waits to hear) and
+continuations (the later parts of requests already under way, generated ahead of their listener).
+Free slots go to new requests first, so that a long text's parts queued ahead do not delay everyone
+else's first audio; a continuation that has waited MAX_CONTINUATION_WAIT admissions goes first, so
+that its listener, who has audio in hand meanwhile, does not run dry.
 """
 
 from __future__ import annotations
@@ -14,22 +20,32 @@ from collections import deque
 from orpheus_local.engine.request import Request, Status
 from orpheus_local.errors import QueueFullError
 
+# Admissions (one per engine step) a continuation waits at most behind new requests: about 1.5 s of
+# audio at 86 tokens a second, well inside what its listener has in hand.
+MAX_CONTINUATION_WAIT = 128
+
 
 class Scheduler:
     def __init__(self, num_slots: int, max_queue: int):
         self.num_slots = num_slots
         self.max_queue = max_queue
-        self.waiting: deque[Request] = deque()
+        self.waiting: deque[Request] = deque()  # new requests
+        self.continuing: deque[tuple[int, Request]] = deque()  # (admission count when added, request)
+        self._admissions = 0
         self.running: list[Request] = []
         # Lowest free slot first: running slots stay packed at the low end, where decode runs in place.
         self.free_slots = list(range(num_slots))
         self._lock = threading.Lock()
 
     def add(self, request: Request, *, continuation: bool = False) -> None:
-        """Queue a request; QueueFullError when max_queue are waiting, unless it is a continuation (a
-        later part of a request already under way: each has at most a few, so the queue stays bounded)."""
+        """Queue a request; QueueFullError when max_queue new requests are waiting. A continuation (a
+        later part of a request already under way: each has at most a few, so its queue stays
+        bounded) is never refused."""
         with self._lock:
-            if not continuation and len(self.waiting) >= self.max_queue:
+            if continuation:
+                self.continuing.append((self._admissions, request))
+                return
+            if len(self.waiting) >= self.max_queue:
                 raise QueueFullError(f"{self.max_queue} requests are already waiting for a slot")
             self.waiting.append(request)
 
@@ -42,8 +58,9 @@ class Scheduler:
         """Move waiting requests into free slots. Returns (admitted, dropped because aborted)."""
         admitted, dropped = [], []
         with self._lock:
-            while self.waiting and self.free_slots:
-                request = self.waiting.popleft()
+            self._admissions += 1
+            while (self.waiting or self.continuing) and self.free_slots:
+                request = self._next_waiting()
                 if request.aborted:
                     request.status = Status.CANCELLED
                     dropped.append(request)
@@ -53,6 +70,13 @@ class Scheduler:
                 admitted.append(request)
             self.running.extend(admitted)
         return admitted, dropped
+
+    def _next_waiting(self) -> Request:
+        """A new request, unless none waits or the oldest continuation has waited its longest."""
+        if self.continuing and (not self.waiting or
+                                self._admissions - self.continuing[0][0] >= MAX_CONTINUATION_WAIT):
+            return self.continuing.popleft()[1]
+        return self.waiting.popleft()
 
     def aborted_running(self) -> list[Request]:
         with self._lock:
@@ -67,14 +91,16 @@ class Scheduler:
 
     def drain_waiting(self) -> list[Request]:
         with self._lock:
-            drained = list(self.waiting)
+            drained = [*self.waiting, *(request for _, request in self.continuing)]
             self.waiting.clear()
+            self.continuing.clear()
         return drained
 
     def has_work(self) -> bool:
         with self._lock:
-            return bool(self.running or self.waiting)
+            return bool(self.running or self.waiting or self.continuing)
 
     def stats(self) -> dict:
         with self._lock:
-            return {"queued": len(self.waiting), "running": len(self.running), "slots": self.num_slots}
+            return {"queued": len(self.waiting) + len(self.continuing), "running": len(self.running),
+                    "slots": self.num_slots}
