@@ -222,8 +222,9 @@ async def hangup(server: Server, clients: int = 30) -> dict:
 
 async def noread(server: Server, clients: int = 4, give_up_s: float = 150.0) -> dict:
     socks = []
-    # One sentence: about 12 s of audio, generated within seconds; then only the clients hold their places.
-    body = json.dumps({"input": SENTENCE, "stream_format": "sse", "max_new_tokens": 1200}).encode()
+    # One sentence, generated within seconds, played at a quarter speed: about 50 s of audio, more
+    # than the kernel buffers for a client. Then only the clients hold their places.
+    body = json.dumps({"input": SENTENCE, "stream_format": "sse", "max_new_tokens": 1200, "speed": 0.25}).encode()
     for _ in range(clients):
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)

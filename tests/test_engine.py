@@ -145,7 +145,7 @@ def _waiting_request(name: str) -> Request:
 
 
 def test_free_slots_go_to_new_requests_before_the_parts_queued_ahead_of_a_listener():
-    scheduler = Scheduler(num_slots=1, max_queue=8)
+    scheduler = Scheduler(num_slots=2, max_queue=8)  # one slot is kept for new requests
     scheduler.add(_waiting_request("long-1.0"), continuation=True)
     scheduler.add(_waiting_request("long-2.0"), continuation=True)
     scheduler.add(_waiting_request("new"))
@@ -157,7 +157,7 @@ def test_free_slots_go_to_new_requests_before_the_parts_queued_ahead_of_a_listen
 
 
 def test_a_continuation_that_has_waited_its_longest_goes_before_new_requests():
-    scheduler = Scheduler(num_slots=1, max_queue=MAX_CONTINUATION_WAIT + 8)
+    scheduler = Scheduler(num_slots=2, max_queue=MAX_CONTINUATION_WAIT + 8)
     scheduler.add(_waiting_request("long-1.0"), continuation=True)
     order = []
     for i in range(MAX_CONTINUATION_WAIT + 2):  # new requests keep coming, one slot frees per step
@@ -167,7 +167,20 @@ def test_a_continuation_that_has_waited_its_longest_goes_before_new_requests():
         for request in admitted:
             scheduler.release(request, Status.FINISHED)
     assert order.index("long-1.0") == MAX_CONTINUATION_WAIT - 1  # admitted at its MAX_CONTINUATION_WAIT-th admission
-    assert len(order) == MAX_CONTINUATION_WAIT + 2
+    assert len(order) == MAX_CONTINUATION_WAIT + 3  # every new request, and the part
+
+
+def test_parts_queued_ahead_of_their_listeners_never_take_the_slots_kept_for_new_requests():
+    scheduler = Scheduler(num_slots=16, max_queue=8)  # 2 slots kept for new requests
+    for i in range(20):
+        scheduler.add(_waiting_request(f"long-{i}.0"), continuation=True)
+    admitted, _ = scheduler.admit()
+    assert len(admitted) == 14 and len(scheduler.continuing) == 6
+    for _ in range(MAX_CONTINUATION_WAIT + 1):  # however long they wait
+        assert scheduler.admit() == ([], [])
+    scheduler.add(_waiting_request("new-a"))
+    scheduler.add(_waiting_request("new-b"))
+    assert [r.request_id for r in scheduler.admit()[0]] == ["new-a", "new-b"]
 
 
 def test_a_failing_prefill_fails_its_requests_only(core, prompt, monkeypatch):

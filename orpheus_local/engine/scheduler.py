@@ -8,7 +8,9 @@ Two waiting queues: new requests (a request's first part, which someone waits to
 continuations (the later parts of requests already under way, generated ahead of their listener).
 Free slots go to new requests first, so that a long text's parts queued ahead do not delay everyone
 else's first audio; a continuation that has waited MAX_CONTINUATION_WAIT admissions goes first, so
-that its listener, who has audio in hand meanwhile, does not run dry.
+that its listener, who has audio in hand meanwhile, does not run dry. And continuations never take
+the last num_slots // 8 free slots (at least one): a slot, once taken, is held for a whole part, so
+without that reserve a few long texts fill every slot and a new request waits for a part to end.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class Scheduler:
         self.running: list[Request] = []
         # Lowest free slot first: running slots stay packed at the low end, where decode runs in place.
         self.free_slots = list(range(num_slots))
+        self.reserved_for_new = max(1, num_slots // 8) if num_slots > 1 else 0
         self._lock = threading.Lock()
 
     def add(self, request: Request, *, continuation: bool = False) -> None:
@@ -59,8 +62,7 @@ class Scheduler:
         admitted, dropped = [], []
         with self._lock:
             self._admissions += 1
-            while (self.waiting or self.continuing) and self.free_slots:
-                request = self._next_waiting()
+            while self.free_slots and (request := self._next_waiting()) is not None:
                 if request.aborted:
                     request.status = Status.CANCELLED
                     dropped.append(request)
@@ -71,12 +73,14 @@ class Scheduler:
             self.running.extend(admitted)
         return admitted, dropped
 
-    def _next_waiting(self) -> Request:
-        """A new request, unless none waits or the oldest continuation has waited its longest."""
-        if self.continuing and (not self.waiting or
-                                self._admissions - self.continuing[0][0] >= MAX_CONTINUATION_WAIT):
+    def _next_waiting(self) -> Request | None:
+        """The request to admit into a free slot: a new one, unless none waits or the oldest
+        continuation has waited its longest; a continuation only outside the reserved slots."""
+        continuation_fits = self.continuing and len(self.free_slots) > self.reserved_for_new
+        if continuation_fits and (not self.waiting or
+                                  self._admissions - self.continuing[0][0] >= MAX_CONTINUATION_WAIT):
             return self.continuing.popleft()[1]
-        return self.waiting.popleft()
+        return self.waiting.popleft() if self.waiting else None
 
     def aborted_running(self) -> list[Request]:
         with self._lock:
