@@ -50,12 +50,10 @@ class RateLimitedWarning:
         self.interval_s = interval_s
         self.clock = clock
         self.count = 0  # since the last line
-        self.total = 0
         self._last: float | None = None
 
     def note(self, detail: str = "") -> None:
         self.count += 1
-        self.total += 1
         now = self.clock()
         if self._last is None or now - self._last >= self.interval_s:
             log.warning("%s: %d since the last report%s", self.message, self.count, f" (last: {detail})" if detail else "")

@@ -53,7 +53,8 @@ class ServerSettings(BaseSettings):
     send_timeout_s: float = Field(
         30.0, gt=0, description="seconds a client may read nothing while its response waits to be sent, before it is dropped")
     max_connections: int = Field(
-        2048, ge=1, description="open connections before new ones get 503 (lowered to fit the process's file limit)")
+        2048, ge=1, description="open connections at most: a new one replaces the oldest that has not sent a whole "
+                                "request, else gets 503 (lowered to fit the process's file limit)")
     max_in_flight: int = Field(256, ge=1, description="requests generating or queued before new ones get 429")
     max_codec_backlog_s: float = Field(
         2.0, gt=0, description="seconds of audio-decoding work queued before new requests get 429")
