@@ -156,7 +156,7 @@ async def _run_level(client: httpx.AsyncClient, target: Target, texts: list[str]
     return Level(summarize(mode, load, results, wall, target.playback_accounted), results)
 
 
-async def _benchmark(target: Target, texts: list[str], plan, warmup: int, timeout: float) -> list[Level]:
+async def benchmark_levels(target: Target, texts: list[str], plan, warmup: int, timeout: float) -> list[Level]:
     # No pool limit: a queue in the client would add to the measured time to first audio.
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
     async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
@@ -189,7 +189,7 @@ def run_benchmark(args, texts: list[str]) -> int:
                   file=sys.stderr)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     print(f"benchmarking {_describe(target)}", flush=True)
-    levels = asyncio.run(_benchmark(target, texts, plan, args.warmup, args.timeout))
+    levels = asyncio.run(benchmark_levels(target, texts, plan, args.warmup, args.timeout))
 
     summaries = [level.summary for level in levels]
     meta = {

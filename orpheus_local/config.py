@@ -37,6 +37,9 @@ class EngineConfig:
     max_new_tokens: int = 2000
     max_queue: int = 256  # requests waiting for a slot before new ones get 429
     cuda_graphs: bool = True
+    # Benchmarks of the host side only: no model and no codec, each engine step sleeps this long
+    # (engine/simulated.py, audio/simulated.py); the tokenizer comes from the demo checkpoint.
+    simulated_step_ms: float | None = None
 
     def resolved_device(self) -> str:
         return self.device or default_device()

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 def check_checkpoint(config: EngineConfig) -> None:
     """Fail fast on local checkpoint paths; hub ids are fetched (and checked) while loading."""
-    if config.demo:
+    if config.demo or config.simulated_step_ms is not None:
         return
     for ref, resolve in ((config.model, resolve_model_dir), (config.snac, resolve_snac_dir)):
         if not looks_like_hub_id(ref):

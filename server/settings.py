@@ -38,6 +38,9 @@ class ServerSettings(BaseSettings):
     max_slots: int | None = Field(None, ge=1, description="concurrent sequences in the KV cache; unset: derived from memory")
     max_queue: int = Field(_ENGINE_DEFAULTS.max_queue, ge=1, description="requests waiting for a slot in the engine")
     warmup: bool = Field(True, description="run one short generation before reporting ready")
+    simulated_step_ms: float | None = Field(
+        None, gt=0, description="benchmarks of the host side only (bench/host.py): no model and no codec, "
+                                "each engine step sleeps this many ms")
 
     # --- HTTP ---
     host: str = Field("127.0.0.1", description="interface to listen on")
@@ -103,4 +106,5 @@ class ServerSettings(BaseSettings):
             backend=self.backend,
             max_slots=self.max_slots,
             max_queue=self.max_queue,
+            simulated_step_ms=self.simulated_step_ms,
         )

@@ -59,6 +59,8 @@ class Synthesizer:
 
     @classmethod
     def load(cls, config: EngineConfig) -> "Synthesizer":
+        if config.simulated_step_ms is not None:
+            return cls.simulated(config)
         device, dtype = config.resolved_device(), config.resolved_dtype()
         if config.demo:
             from orpheus_local.weights.demo import build_demo_checkpoint
@@ -71,6 +73,23 @@ class Synthesizer:
         backend = _load_backend(config, model_dir, device, dtype).start()
         log.info("loaded %s (%s, %s) with the %s backend", model_dir, device, dtype, config.backend)
         return cls(tokenizer, backend, codec_worker)
+
+    @classmethod
+    def simulated(cls, config: EngineConfig, default_slots: int = 256) -> "Synthesizer":
+        """The real pipeline around a simulated device: every engine step sleeps
+        config.simulated_step_ms, the codec costs nothing (for measuring the host side)."""
+        from orpheus_local.audio.simulated import ToneCodec
+        from orpheus_local.engine.core import EngineCore
+        from orpheus_local.engine.driver import EngineDriver
+        from orpheus_local.engine.simulated import SimulatedRunner
+        from orpheus_local.weights.demo import build_demo_checkpoint
+
+        model_dir, _ = build_demo_checkpoint(config.demo_dir)
+        runner = SimulatedRunner(config.max_slots or default_slots, config.simulated_step_ms / 1000,
+                                 max_prompt_tokens=config.max_prompt_tokens)
+        backend = EngineDriver(EngineCore(runner, config.max_queue)).start()
+        log.info("simulated device: %d slots, %g ms a step, no codec", runner.num_slots, config.simulated_step_ms)
+        return cls(load_tokenizer(model_dir), backend, CodecWorker(ToneCodec()).start())
 
     def prompt_ids(self, params: SynthesisParams) -> list[int]:
         return fmt.build_prompt(self.tokenizer, params.text, params.voice)
