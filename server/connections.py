@@ -70,11 +70,11 @@ class ConnectionLimits:
         self.refused = RateLimitedWarning(f"refused connections over the cap of {max_connections}")
         self.evicted = RateLimitedWarning(
             f"closed the oldest connections without a whole request, to make room under the cap of {max_connections}")
-        # Open connections by age, oldest first (a kept-alive one counts from its last response).
-        self._by_age: dict[GuardedH11Protocol, None] = {}
         self.receive_timeouts = RateLimitedWarning(
             f"closed connections that did not send a whole request within {receive_timeout_s:g} s")
         self.slow_readers = RateLimitedWarning(f"dropped clients that read nothing for {send_timeout_s:g} s")
+        # Open connections by age, oldest first (a kept-alive one counts from its last response).
+        self._by_age: dict[GuardedH11Protocol, None] = {}
 
     def opened(self, connection: GuardedH11Protocol) -> None:
         self._by_age.pop(connection, None)
@@ -137,14 +137,16 @@ class GuardedH11Protocol(H11Protocol):
             self.limits.opened(self)  # waiting for its next request: as young as a new connection
             self._arm_receipt()  # the next request on this connection gets its own deadline
 
+    def receiving(self) -> bool:
+        """Open, ours (not handed to the WebSocket protocol), and its request not whole yet (or none
+        sent since the last response)."""
+        return (not self.transport.is_closing() and self.transport.get_protocol() is self
+                and self.conn.their_state in (h11.IDLE, h11.SEND_BODY))
+
     def waiting_for_request(self) -> bool:
-        """Open, and its request not whole yet (or none sent since the last response), with no
-        response under way."""
-        if self.transport.is_closing() or self.transport.get_protocol() is not self:
-            return False
-        if self.conn.their_state not in (h11.IDLE, h11.SEND_BODY):
-            return False
-        return self.cycle is None or not self.cycle.response_started or self.cycle.response_complete
+        """Receiving, with no response under way."""
+        return self.receiving() and (
+            self.cycle is None or not self.cycle.response_started or self.cycle.response_complete)
 
     def close_unfinished(self, why: str) -> None:
         """Close a connection whose request has not all arrived."""
@@ -170,10 +172,8 @@ class GuardedH11Protocol(H11Protocol):
 
     def _receipt_expired(self) -> None:
         self._receipt_timer = None
-        if self.transport.is_closing() or self.transport.get_protocol() is not self:
-            return
-        if self.conn.their_state not in (h11.IDLE, h11.SEND_BODY):
-            return  # the request is in: its response takes as long as it takes
+        if not self.receiving():
+            return  # the request is in (its response takes as long as it takes), or gone
         self.limits.receive_timeouts.note(_address(self.client))
         self.close_unfinished(RECEIVE_TIMEOUT)
 

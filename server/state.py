@@ -51,8 +51,8 @@ class ServerState:
 
     def _codec_overloaded(self) -> str | None:
         """Why new requests must wait for the audio decoder, or None."""
-        backlog = getattr(self.synth, "codec_backlog_s", None)  # None before loading, or without a codec
-        if backlog is not None and (seconds := backlog()) > self.settings.max_codec_backlog_s:
+        seconds = self.synth.codec_backlog_s() if self.synth is not None else 0.0  # nothing before loading
+        if seconds > self.settings.max_codec_backlog_s:
             return f"the audio decoder is {seconds:.1f} s of work behind"
         return None
 

@@ -56,6 +56,9 @@ class HeldSynth:
     def stats(self) -> dict:
         return {"queued": 0, "running": 0}
 
+    def codec_backlog_s(self) -> float:
+        return 0.0
+
     def close(self) -> None:
         self.closed = True
 

@@ -492,6 +492,9 @@ class ToneSynth:
     def stats(self):
         return {"queued": 0, "running": 0}
 
+    def codec_backlog_s(self) -> float:
+        return 0.0
+
 
 async def durations(client, speed: float) -> dict[str, float]:
     """Seconds of audio each route returns at `speed`."""

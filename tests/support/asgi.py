@@ -49,6 +49,9 @@ class FakeSynth:
     def stats(self) -> dict:
         return {"queued": 0, "running": 0}
 
+    def codec_backlog_s(self) -> float:
+        return 0.0
+
 
 @asynccontextmanager
 async def serve(synth, base_url: str = "http://testserver", on_load_error=None, **settings):
