@@ -17,18 +17,14 @@ import argparse
 import asyncio
 import json
 import os
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
-
-import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.latency import benchmark_levels  # noqa: E402
 from bench.report import CLOSED  # noqa: E402
+from bench.server_process import ServeProcess  # noqa: E402
 from bench.target import Target  # noqa: E402
 
 TEXT = "Hello there, how are you today?"
@@ -42,28 +38,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
 
 
-def start_server(step_ms: float, slots: int) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    command = [sys.executable, "-m", "orpheus_cli.main", "serve", "--simulated-step-ms", str(step_ms),
-               "--max-slots", str(slots), "--max-in-flight", str(4 * slots), "--port", str(port),
-               "--log-level", "warning"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "OMP_NUM_THREADS": "1"})
-    base_url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server exited: {process.stderr.read()[-2000:]}")
-        try:
-            if httpx.get(base_url + "/ready", timeout=5).status_code == 200:
-                return process, base_url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    process.kill()
-    raise RuntimeError("the server was not ready in time")
+def start_server(step_ms: float, slots: int) -> ServeProcess:
+    server = ServeProcess(["--simulated-step-ms", str(step_ms), "--max-slots", str(slots),
+                           "--max-in-flight", str(4 * slots), "--log-level", "warning"])
+    server.wait_ready()
+    return server
 
 
 async def measure_level(pid: int, base_url: str, audio_format: str, concurrency: int, requests: int) -> dict:
@@ -100,18 +79,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--step-ms", type=float, default=3.0, help="the simulated device's step")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
-    process, base_url = start_server(args.step_ms, max(args.concurrency))
+    server = start_server(args.step_ms, max(args.concurrency))
     try:
         rows = []
         for audio_format in args.formats:
             for concurrency in args.concurrency:
-                row = asyncio.run(measure_level(process.pid, base_url, audio_format, concurrency,
+                row = asyncio.run(measure_level(server.pid, server.base_url, audio_format, concurrency,
                                                 args.rounds * concurrency))
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     finally:
-        process.terminate()
-        process.wait(timeout=60)
+        server.stop()
     middle = sorted(args.concurrency)[len(args.concurrency) // 2]
     result = {
         "command": "python bench/host.py " + " ".join(sys.argv[1:] if argv is None else argv),

@@ -21,16 +21,17 @@ import argparse
 import asyncio
 import json
 import os
-import resource
 import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.server_process import ServeProcess  # noqa: E402
 
 V1 = "/v1/orpheus-3b-0.1"
 SPEECH = "/v1/audio/speech"
@@ -39,36 +40,11 @@ SENTENCE = "The committee met on Tuesday to discuss the budget for the coming ye
 LONG_TEXT = " ".join([SENTENCE] * 12)
 
 
-class Server:
-    """`serve --demo FLAGS` from a source tree, its output in a log file, its /proc figures."""
+class Server(ServeProcess):
+    """`serve --demo FLAGS` from a source tree, with its /proc figures and its access log."""
 
     def __init__(self, source: Path, flags: list[str], nofile: int | None):
-        self.port = _free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self.log_path = Path(tempfile.mkstemp(prefix="orpheus-hostile-", suffix=".log")[1])
-        env = {**os.environ, "PYTHONPATH": str(source), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-
-        def limit_files() -> None:
-            if nofile is not None:
-                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-
-        self.log = open(self.log_path, "w")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "orpheus_cli.main", "serve", "--demo", "--port", str(self.port), *flags],
-            cwd=source, env=env, stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=limit_files)
-
-    def wait_ready(self, timeout: float = 300) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the server exited: {self.log_path.read_text()[-2000:]}")
-            try:
-                if httpx.get(self.base_url + "/ready", timeout=5).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError("the server was not ready in time")
+        super().__init__(["--demo", *flags], source=source, nofile=nofile)
 
     def rss_mb(self) -> float:
         with open(f"/proc/{self.process.pid}/status") as status:
@@ -87,21 +63,6 @@ class Server:
                 status = line.split("status=", 1)[1].split()[0]
                 counts[status] = counts.get(status, 0) + 1
         return counts
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.log.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Watch:
