@@ -6,9 +6,11 @@
 It starts `orpheus-local serve --simulated-step-ms S` (routes, middleware, engine thread, scheduler,
 codec worker and encoders as served; each engine step sleeps S ms with the GIL released, as a GPU
 step waits in its host sync; the codec costs nothing) and drives it with the project's own bench
-client from this process. Each level reports the server process's CPU time per second of audio
-served (from /proc), the real-time streams and the time to first audio. Every request speaks 3.7 s
-of audio.
+client, from --client-processes processes of its own. Each level reports the server process's CPU
+time per second of audio served (from /proc), the real-time streams, the time to first audio, the
+mean wall time of an engine step against the simulated one, and the clients' own CPU time (when
+it nears their wall time, the clients are measuring themselves). Every request speaks 3.7 s of
+audio.
 """
 
 from __future__ import annotations
@@ -16,15 +18,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.latency import benchmark_levels  # noqa: E402
-from bench.report import CLOSED  # noqa: E402
-from bench.server_process import ServeProcess  # noqa: E402
+from bench.report import CLOSED, summarize  # noqa: E402
+from bench.server_process import ROOT, ServeProcess  # noqa: E402
 from bench.target import Target  # noqa: E402
 
 TEXT = "Hello there, how are you today?"
@@ -38,28 +46,65 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
 
 
-def start_server(step_ms: float, slots: int) -> ServeProcess:
+def engine_steps(base_url: str) -> tuple[float, float] | None:
+    """(steps, seconds) the server's engine has taken so far, from /metrics; None from a server that
+    does not count them."""
+    text = httpx.get(base_url + "/metrics", timeout=30).text
+    values = {sample.name: sample.value for family in text_string_to_metric_families(text)
+              for sample in family.samples}
+    if "orpheus_engine_steps_total" not in values:
+        return None
+    return values["orpheus_engine_steps_total"], values["orpheus_engine_step_seconds_total"]
+
+
+def start_server(step_ms: float, slots: int, source: Path = ROOT) -> ServeProcess:
     server = ServeProcess(["--simulated-step-ms", str(step_ms), "--max-slots", str(slots),
-                           "--max-in-flight", str(4 * slots), "--log-level", "warning"])
+                           "--max-in-flight", str(4 * slots), "--log-level", "warning"], source=source)
     server.wait_ready()
     return server
 
 
-async def measure_level(pid: int, base_url: str, audio_format: str, concurrency: int, requests: int) -> dict:
+def _client_share(base_url: str, audio_format: str, concurrency: int, requests: int) -> tuple[list, float, float]:
+    """One client process's share of a level: its results, its wall time and its CPU time."""
     target = Target(base_url, api="openai", audio_format=audio_format, max_new_tokens=1200)
+    cpu = time.process_time()
+    [level] = asyncio.run(benchmark_levels(target, [TEXT], [(CLOSED, concurrency, requests, None)], warmup=0,
+                                           timeout=300))
+    return level.requests, level.summary.wall_seconds, time.process_time() - cpu
+
+
+def _ready() -> None:
+    """Imports done: the pool's processes start before a level is timed."""
+
+
+def measure_level(pool: ProcessPoolExecutor, processes: int, pid: int, base_url: str, audio_format: str,
+                  concurrency: int, requests: int) -> dict:
+    """A closed-loop level, its streams shared among `processes` client processes (one Python client
+    cannot read hundreds of streams in time on its own: it would measure itself, not the server)."""
+    shares = [(concurrency * (i + 1) // processes - concurrency * i // processes,
+               requests * (i + 1) // processes - requests * i // processes) for i in range(processes)]
+    steps_before = engine_steps(base_url)
     before = cpu_seconds(pid)
-    [level] = await benchmark_levels(target, [TEXT], [(CLOSED, concurrency, requests, None)], warmup=0,
-                                     timeout=300)
+    futures = [pool.submit(_client_share, base_url, audio_format, c, n) for c, n in shares if c and n]
+    outcomes = [f.result() for f in futures]
     cpu = cpu_seconds(pid) - before
-    s = level.summary
+    steps_after = engine_steps(base_url)
+    step_ms = None
+    if steps_before and steps_after and steps_after[0] > steps_before[0]:
+        step_ms = round(1000 * (steps_after[1] - steps_before[1]) / (steps_after[0] - steps_before[0]), 2)
+    results = [r for rows, _, _ in outcomes for r in rows]
+    target = Target(base_url, api="openai", audio_format=audio_format)
+    s = summarize(CLOSED, concurrency, results, max(wall for _, wall, _ in outcomes), target.playback_accounted)
     return {
         "format": audio_format, "concurrency": concurrency, "requests": s.requests, "errors": s.errors,
         "audio_s": round(s.audio_seconds, 2), "server_cpu_s": round(cpu, 2),
+        "client_cpu_s": round(sum(c for _, _, c in outcomes), 2),
         "server_cpu_ms_per_audio_s": round(1000 * cpu / s.audio_seconds, 2) if s.audio_seconds else None,
         "realtime_streams": s.realtime_streams, "streams": s.streams_accounted,
         "ttfa_p50_ms": None if s.ttfa_p50 is None else round(1000 * s.ttfa_p50),
         "ttfa_p99_ms": None if s.ttfa_p99 is None else round(1000 * s.ttfa_p99),
         "wall_s": round(s.wall_seconds, 2),
+        "step_ms_effective": step_ms,
     }
 
 
@@ -77,28 +122,39 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[16, 64, 256])
     parser.add_argument("--rounds", type=int, default=2, help="requests per stream at each level")
     parser.add_argument("--step-ms", type=float, default=3.0, help="the simulated device's step")
+    parser.add_argument("--client-processes", type=int, default=2,
+                        help="client processes sharing each level's streams (default: %(default)s)")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--source", type=Path, default=ROOT,
+                        help="the orpheus-local source tree whose server is measured (default: this one)")
     args = parser.parse_args(argv)
-    server = start_server(args.step_ms, max(args.concurrency))
+    server = start_server(args.step_ms, max(args.concurrency), args.source.resolve())
+    pool = ProcessPoolExecutor(args.client_processes, mp_context=multiprocessing.get_context("spawn"))
     try:
+        for future in [pool.submit(_ready) for _ in range(args.client_processes)]:
+            future.result()
         rows = []
         for audio_format in args.formats:
             for concurrency in args.concurrency:
-                row = asyncio.run(measure_level(server.pid, server.base_url, audio_format, concurrency,
-                                                args.rounds * concurrency))
+                row = measure_level(pool, args.client_processes, server.pid, server.base_url, audio_format,
+                                    concurrency, args.rounds * concurrency)
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     finally:
+        pool.shutdown()
         server.stop()
     middle = sorted(args.concurrency)[len(args.concurrency) // 2]
     result = {
         "command": "python bench/host.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "step_ms": args.step_ms,
+        "step_ms": args.step_ms, "client_processes": args.client_processes,
         "server_cpu_ms_per_audio_s": {r["format"]: r["server_cpu_ms_per_audio_s"] for r in rows
                                       if r["concurrency"] == middle},
         # The highest concurrency at which every stream played without running dry and the p99 time to
         # first audio stayed under 500 ms; None where playback cannot be followed (compressed formats).
         "realtime_streams": {fmt: _realtime(rows, fmt) for fmt in args.formats},
+        # The mean wall time of an engine step (sleep, scheduling, handing out the tokens, waiting
+        # for the GIL) at the middle concurrency, against step_ms simulated.
+        "step_ms_effective": {r["format"]: r["step_ms_effective"] for r in rows if r["concurrency"] == middle},
         "levels": rows,
     }
     print(json.dumps({k: v for k, v in result.items() if k != "levels"}))

@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 from tqdm import tqdm
 
+from .clients import ClientPool
 from .corpus import CORPUS, load_texts
 from .load import closed_loop, open_loop
 from .measure import measure
@@ -133,7 +134,7 @@ def _plan(args) -> list[tuple[str, float, int | None, float | None]]:
     return [(CLOSED, c, max(16, 4 * c) if unbounded else args.requests, args.duration) for c in args.concurrency]
 
 
-async def _run_level(client: httpx.AsyncClient, target: Target, texts: list[str], mode: str, load: float,
+async def _run_level(clients: ClientPool, target: Target, texts: list[str], mode: str, load: float,
                      requests: int | None, duration: float | None, timeout: float) -> Level:
     bar = tqdm(total=requests, desc=level_label(mode, load), unit="req", disable=None, file=sys.stderr)
     failed = 0
@@ -141,7 +142,8 @@ async def _run_level(client: httpx.AsyncClient, target: Target, texts: list[str]
 
     async def send(index: int):
         nonlocal failed
-        result = await measure(client, target, texts[index % len(texts)], index, origin, timeout)
+        async with clients.borrow() as client:
+            result = await measure(client, target, texts[index % len(texts)], index, origin, timeout)
         failed += not result.ok
         bar.set_postfix(errors=failed, refresh=False)
         bar.update(1)
@@ -157,15 +159,20 @@ async def _run_level(client: httpx.AsyncClient, target: Target, texts: list[str]
 
 
 async def benchmark_levels(target: Target, texts: list[str], plan, warmup: int, timeout: float) -> list[Level]:
-    # No pool limit: a queue in the client would add to the measured time to first audio.
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
-    async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
-        warm = [await measure(client, target, texts[i % len(texts)], i, time.perf_counter(), timeout)
-                for i in range(warmup)]
+    # A client per request in flight, and no limit on them: a queue in the client would add to the
+    # measured time to first audio.
+    clients = ClientPool(timeout)
+    try:
+        warm = []
+        for i in range(warmup):
+            async with clients.borrow() as client:
+                warm.append(await measure(client, target, texts[i % len(texts)], i, time.perf_counter(), timeout))
         if any(not r.ok for r in warm):
             print(f"warm-up: {sum(not r.ok for r in warm)} of {warmup} failed; "
                   + "; ".join(error_lines(warm)), file=sys.stderr)
-        return [await _run_level(client, target, texts, *level, timeout) for level in plan]
+        return [await _run_level(clients, target, texts, *level, timeout) for level in plan]
+    finally:
+        await clients.aclose()
 
 
 def _describe(target: Target) -> str:

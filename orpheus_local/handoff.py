@@ -1,45 +1,57 @@
 """Handoff: items from a producer thread to one asyncio consumer, ended once, cancellable by the consumer.
 
-The engine's token streams and the codec's audio streams are both this: a worker thread put()s items
-and finally finish()es (with an error, or not); the event loop reads them with `async for`, and may
+The engine's token streams and the codec's audio streams are both this: a worker thread puts items
+and finally finishes (with an error, or not); the event loop reads them with `async for`, and may
 cancel() when its client leaves, which the producer learns through on_cancel or `cancelled`.
+
+A worker that serves many streams collects what one step made for all of them in a Delivery and
+sends it with one thread hop, instead of one per stream: at hundreds of streams, waking the event
+loop is a large part of the host's work.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+from collections import deque
 from typing import Callable, Generic, TypeVar
 
 T = TypeVar("T")
-_END = object()
 
 
 class Handoff(Generic[T]):
-    """Producer side (any thread): put(), finish(). Consumer side (the loop that made it): `async for`,
-    cancel(). Items and the end travel through the loop's own queue, so no lock is needed: the error
-    is written before the end marker is scheduled, and read after it arrives."""
+    """Producer side (any thread): put(), finish(), or a Delivery. Consumer side (the loop that made
+    it): `async for`, cancel(). Items and the end are applied on the loop, so the consumer's state
+    needs no lock: the error is written before the end is scheduled, and read after it arrives."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None, on_cancel: Callable[[], None] | None = None):
         self.loop = loop or asyncio.get_running_loop()
         self.cancelled = threading.Event()
         self.error: BaseException | None = None
         self._on_cancel = on_cancel
-        self._queue: asyncio.Queue = asyncio.Queue()
+        self._items: deque[T] = deque()
+        self._ended = False
+        self._waiter: asyncio.Future | None = None
 
     # --- producer side (any thread) ---
     def put(self, item: T) -> None:
-        self._send(item)
+        Delivery().put(self, item).send()
 
     def finish(self, error: BaseException | None = None) -> None:
-        self.error = error
-        self._send(_END)
+        Delivery().finish(self, error).send()
 
-    def _send(self, item) -> None:
-        try:
-            self.loop.call_soon_threadsafe(self._queue.put_nowait, item)
-        except RuntimeError:  # the consumer's event loop is closed: nobody is listening
-            self.cancelled.set()
+    # --- on the loop (a Delivery applies these) ---
+    def _append(self, item: T) -> None:
+        self._items.append(item)
+        self._notify()
+
+    def _end(self) -> None:
+        self._ended = True
+        self._notify()
+
+    def _notify(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     # --- consumer side (the event loop) ---
     def cancel(self) -> None:
@@ -53,10 +65,48 @@ class Handoff(Generic[T]):
         return self
 
     async def __anext__(self) -> T:
-        item = await self._queue.get()
-        if item is _END:
-            self._queue.put_nowait(_END)  # later calls end too
-            if self.error is not None:
-                raise self.error
-            raise StopAsyncIteration
-        return item
+        while not self._items:
+            if self._ended:  # later calls end too
+                if self.error is not None:
+                    raise self.error
+                raise StopAsyncIteration
+            self._waiter = self.loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
+
+
+class Delivery:
+    """Items and ends for many handoffs, sent to each one's event loop in one thread hop by send().
+    Built and sent by one producer thread; the handoffs see them in the order they were added."""
+
+    def __init__(self):
+        self._by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Handoff, object, bool]]] = {}
+
+    def put(self, handoff: Handoff, item) -> "Delivery":
+        self._by_loop.setdefault(handoff.loop, []).append((handoff, item, False))
+        return self
+
+    def finish(self, handoff: Handoff, error: BaseException | None = None) -> "Delivery":
+        handoff.error = error  # read by the consumer only after the end arrives
+        self._by_loop.setdefault(handoff.loop, []).append((handoff, None, True))
+        return self
+
+    def send(self) -> None:
+        for loop, entries in self._by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_apply, entries)
+            except RuntimeError:  # the consumers' event loop is closed: nobody is listening
+                for handoff, _, _ in entries:
+                    handoff.cancelled.set()
+        self._by_loop = {}
+
+
+def _apply(entries: list[tuple[Handoff, object, bool]]) -> None:
+    for handoff, item, end in entries:
+        if end:
+            handoff._end()
+        else:
+            handoff._append(item)

@@ -69,27 +69,34 @@ def is_audio_id(token_id: int) -> bool:
     return AUDIO_BASE <= token_id <= AUDIO_LAST
 
 
+# The id of code 0 at each frame position. Built once: this runs for every frame of every stream.
+_POSITION_BASE = AUDIO_BASE + np.arange(FRAME_TOKENS, dtype=np.int64) * CODEBOOK_SIZE
+
+
+def _out_of_range(codes: np.ndarray) -> np.ndarray:
+    """Codes outside 0..CODEBOOK_SIZE-1, in one comparison: negative ones wrap to huge unsigned values."""
+    return codes.view(np.uint64) >= CODEBOOK_SIZE
+
+
 def ids_to_frames(ids: Sequence[int]) -> np.ndarray:
     """Audio ids (stop token excluded) -> codes as an int64 [F, 7] matrix.
 
     An incomplete trailing frame is dropped. Raises ValueError for an id outside its position's range.
     """
     n = len(ids) // FRAME_TOKENS * FRAME_TOKENS
-    arr = np.asarray(ids[:n], dtype=np.int64).reshape(-1, FRAME_TOKENS)
-    codes = arr - AUDIO_BASE - np.arange(FRAME_TOKENS, dtype=np.int64) * CODEBOOK_SIZE
-    if codes.size and (codes.min() < 0 or codes.max() >= CODEBOOK_SIZE):
-        bad = np.argwhere((codes < 0) | (codes >= CODEBOOK_SIZE))[0]
-        raise ValueError(f"id {arr[tuple(bad)]} is not an audio id for frame position {bad[1]}")
+    codes = np.array(ids[:n], dtype=np.int64).reshape(-1, FRAME_TOKENS) - _POSITION_BASE
+    if (bad := _out_of_range(codes)).any():
+        row, position = np.argwhere(bad)[0]
+        raise ValueError(f"id {ids[row * FRAME_TOKENS + position]} is not an audio id for frame position {position}")
     return codes
 
 
 def frames_to_ids(frames: np.ndarray) -> list[int]:
     """[F, 7] codes -> flat audio ids."""
     frames = np.asarray(frames, dtype=np.int64)
-    if frames.size and (frames.min() < 0 or frames.max() >= CODEBOOK_SIZE):
+    if _out_of_range(frames).any():
         raise ValueError(f"SNAC codes must be in 0..{CODEBOOK_SIZE - 1}")
-    ids = frames + AUDIO_BASE + np.arange(FRAME_TOKENS, dtype=np.int64) * CODEBOOK_SIZE
-    return ids.reshape(-1).tolist()
+    return (frames + _POSITION_BASE).reshape(-1).tolist()
 
 
 def frames_to_codes(frames: np.ndarray) -> list[np.ndarray]:

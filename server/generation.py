@@ -122,11 +122,12 @@ async def whole_file(request: Request, admission: Admission, pool: EncoderPool, 
 async def encoded(admission: Admission, pool: EncoderPool, chunks: AsyncIterator[np.ndarray],
                   encoder: StreamEncoder) -> AsyncIterator[bytes]:
     """Encoded bytes as soon as the encoder has any, holding an admission place meanwhile. Each chunk
-    is encoded on the pool, in order: the next waits for the one before."""
+    is encoded on the pool, in order: the next waits for the one before; a light encoder (wav, pcm)
+    runs here, where a thread hop would cost more than the conversion."""
     with admission.hold():
         async with aclosing(chunks):
             async for pcm in chunks:
-                if data := await pool.run(encoder.encode, pcm):
+                if data := encoder.encode(pcm) if encoder.light else await pool.run(encoder.encode, pcm):
                     yield data
-        if data := await pool.run(encoder.finish):
+        if data := encoder.finish() if encoder.light else await pool.run(encoder.finish):
             yield data

@@ -11,6 +11,7 @@ from prometheus_client import (
     Histogram,
     ProcessCollector,
 )
+from prometheus_client.core import CounterMetricFamily
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 _LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30)
@@ -40,12 +41,33 @@ class Metrics:
         ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, open fds, cpu seconds
 
     def watch(self, in_flight: Callable[[], float], queued: Callable[[], float],
-              running: Callable[[], float] | None = None) -> None:
-        """Read the gauges from their sources at scrape time."""
+              running: Callable[[], float] | None = None, engine: Callable[[], dict] | None = None) -> None:
+        """Read the gauges from their sources at scrape time; engine: the backend's stats(), whose
+        `steps` and `step_seconds` (when it counts them) become counters."""
         self.in_flight.set_function(in_flight)
         self.queued.set_function(queued)
         if running is not None:
             self.running.set_function(running)
+        if engine is not None:
+            self.registry.register(_EngineSteps(engine))
+
+
+class _EngineSteps:
+    """orpheus_engine_steps_total and orpheus_engine_step_seconds_total, read from the engine at scrape
+    time: their increase over an interval gives the mean wall time of a step, host work included."""
+
+    def __init__(self, stats: Callable[[], dict]):
+        self.stats = stats
+
+    def describe(self):
+        return []  # collected only at scrape time: the engine may not exist yet
+
+    def collect(self):
+        stats = self.stats()
+        if "steps" in stats:
+            yield CounterMetricFamily("orpheus_engine_steps", "engine steps taken", value=stats["steps"])
+            yield CounterMetricFamily("orpheus_engine_step_seconds", "wall time of the engine's steps, delivery "
+                                      "of their tokens included", value=stats["step_seconds"])
 
 
 class RequestCounter:

@@ -47,6 +47,7 @@ class ServerState:
             in_flight=lambda: self.admission.count,
             queued=lambda: self.synth.stats()["queued"] if self.synth else 0,
             running=lambda: self.synth.stats()["running"] if self.synth else 0,
+            engine=lambda: self.synth.stats() if self.synth else {},
         )
 
     def _codec_overloaded(self) -> str | None:
@@ -98,7 +99,8 @@ class ServerState:
             log.info("engine closed")
 
 
-def server_state(request: Request) -> ServerState:
+async def server_state(request: Request) -> ServerState:
+    # async: FastAPI runs a plain function dependency on a worker thread, a thread hop per request
     return request.app.state.server
 
 

@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 
 import httpx
 import pytest
-from support.asgi import SHORT, SPEECH, V1, V2, FakeSynth, serve
+from support.asgi import SHORT, SPEECH, V1, V2, FakeSynth, serve, wait_ready
 
 from server import auth
 from server.app import build_app
@@ -113,6 +113,7 @@ async def serve_answering_500s(synth, **settings):
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            await wait_ready(app)
             assert (await client.get("/ready")).status_code == 200
             yield client, app
 

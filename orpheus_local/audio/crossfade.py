@@ -65,6 +65,8 @@ class Crossfade:
         return self._emit(pcm)
 
     def _emit(self, pcm: np.ndarray) -> np.ndarray:
+        if not self._hold and not self._held.size:  # the last part, nothing held: passes through
+            return np.asarray(pcm, np.float32)
         pcm = np.concatenate([self._held, np.asarray(pcm, np.float32)])
         keep = min(self._hold, len(pcm))
         self._held = pcm[len(pcm) - keep:]

@@ -98,8 +98,10 @@ class StreamDecoder:
         """finish() was called and every frame has been handed out in a window."""
         return self._finished and self._emitted == self._pushed
 
-    def push(self, frames: np.ndarray) -> None:
-        """Append [n, 7] codes."""
+    def push(self, frames: np.ndarray) -> bool:
+        """Append [n, 7] codes. True when a window may be due because of them: the first window, or a
+        full one. Later windows of a paced stream fall due with time, not with frames: whoever
+        decodes looks at them on a timer, and need not be woken for every frame."""
         frames = np.asarray(frames, dtype=np.int64).reshape(-1, fmt.FRAME_TOKENS)
         with self._lock:
             assert not self._finished, "push() after finish()"
@@ -107,6 +109,8 @@ class StreamDecoder:
                 self._first_push = (self._clock(), len(frames))
             self._buf = np.concatenate([self._buf, frames])
             self._pushed += len(frames)
+            ready = self._pushed - self._emitted - self.right_context
+            return ready >= self.max_chunk or (not self._emitted and ready >= 1 and not self.fixed)
 
     def finish(self) -> None:
         """No more frames: the rest is emitted without waiting for right context."""

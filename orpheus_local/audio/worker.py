@@ -2,9 +2,10 @@
 of work per step, the windows a listener waits for most urgently first.
 
 CodecCore is the synchronous part (open, step, has_work): a test drives step() itself. CodecWorker
-runs a core on its own thread ("orpheus-codec"), stepping it whenever a stream has news, at once
-again while the last step left windows waiting, and at least every TICK_S while streams are open (a
-stream may be waiting to grow its next chunk).
+runs a core on its own thread ("orpheus-codec"), stepping it whenever a stream has news that makes a
+window due (its first frames, a full window, its end, a failure or a cancel), at once again while the
+last step left windows waiting, and at least every TICK_S while streams are open: a paced stream's
+later windows fall due with time, and are found by that tick rather than by a wake-up per frame.
 
 Threads: the event loop opens streams and pushes frames into them; the stepping thread owns the
 decoding. A stream's decoder has its own lock (windows.py); the list of open streams, the windows
@@ -26,7 +27,7 @@ import numpy as np
 from orpheus_local.audio.snac import SnacCodec
 from orpheus_local.audio.windows import StreamDecoder, Window
 from orpheus_local.errors import NotReadyError
-from orpheus_local.handoff import Handoff
+from orpheus_local.handoff import Delivery, Handoff
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,8 @@ class AudioStream(Handoff[np.ndarray]):
             return self._failure
 
     def push(self, frames: np.ndarray) -> None:
-        self.decoder.push(frames)
-        self._wake()
+        if self.decoder.push(frames):  # else the stepping thread's tick finds the window in time
+            self._wake()
 
     def end_frames(self) -> None:
         """No more frames: the rest is decoded, then the stream ends."""
@@ -181,8 +182,10 @@ class CodecCore:
         self._decode([(s, w) for (rank, _, _), w, s in chosen if rank != 0], live)
         ended = [s for s in streams
                  if s.cancelled.is_set() or s.failure is not None or (s.decoder.done and s not in left)]
+        delivery = Delivery()
         for s in ended:
-            s.finish(s.failure)
+            delivery.finish(s, s.failure)
+        delivery.send()
         if ended:
             with self._lock:
                 self._streams = [s for s in self._streams if s not in ended]
@@ -212,8 +215,10 @@ class CodecCore:
             for s, _ in batch:
                 s.fail(exc)
         else:
+            delivery = Delivery()
             for (s, _), pcm in zip(batch, chunks):
-                s.put(pcm)
+                delivery.put(s, pcm)
+            delivery.send()
 
     def _observe(self, seconds: float, frames: int, streams: list[AudioStream]) -> None:
         per_frame = seconds / max(frames, 1)
@@ -228,7 +233,7 @@ class CodecWorker:
 
     def __init__(self, codec: SnacCodec, *, max_frames_per_step: int = MAX_FRAMES_PER_STEP):
         self._wake_event = threading.Event()
-        self.core = CodecCore(codec, self._wake_event.set, max_frames_per_step=max_frames_per_step)
+        self.core = CodecCore(codec, self._wake, max_frames_per_step=max_frames_per_step)
         self._stopping = False
         self._thread: threading.Thread | None = None
 
@@ -243,6 +248,12 @@ class CodecWorker:
     def backlog_seconds(self) -> float:
         """CodecCore.backlog_seconds(): any thread."""
         return self.core.backlog_seconds()
+
+    def _wake(self) -> None:
+        # Called for every pushed frame: setting an event that is set already would take its lock
+        # for nothing. A wake skipped here is covered: the thread clears the event before it steps.
+        if not self._wake_event.is_set():
+            self._wake_event.set()
 
     def close(self) -> None:
         self._stopping = True

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from orpheus_local.engine.core import EngineCore
 from orpheus_local.engine.request import Request, StepOutput
 from orpheus_local.engine.stream import TokenStream
 from orpheus_local.errors import GenerationError, NotReadyError
+from orpheus_local.handoff import Delivery
 from orpheus_local.params import SynthesisParams
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,10 @@ class EngineDriver:
         self._wake = threading.Event()
         self._closing = False
         self._thread: threading.Thread | None = None
+        # Steps taken and their wall time, delivery included: on a device, the effective step time
+        # against the device's own shows what the host adds (written by the engine thread only).
+        self._steps = 0
+        self._step_seconds = 0.0
 
     def start(self) -> "EngineDriver":
         self._thread = threading.Thread(target=self._run, name="orpheus-engine", daemon=True)
@@ -59,7 +65,8 @@ class EngineDriver:
         return self.core.max_prompt_tokens
 
     def stats(self) -> dict:
-        return self.core.stats()
+        """The scheduler's counts, and `steps` / `step_seconds`: engine steps so far and their wall time."""
+        return {**self.core.stats(), "steps": self._steps, "step_seconds": self._step_seconds}
 
     def close(self) -> None:
         """End every request (cancelled, or NotReadyError for those still waiting) and stop the thread."""
@@ -80,7 +87,10 @@ class EngineDriver:
                 self._wake.wait(timeout=IDLE_WAIT_S)
                 self._wake.clear()
                 continue
+            started = time.perf_counter()
             self._deliver(self._step())
+            self._step_seconds += time.perf_counter() - started
+            self._steps += 1
         with self._lock:  # no submit() gets past the closing flag from here on
             outputs = self.core.abort_all()
         self._deliver(outputs, waiting_error=NotReadyError("the engine shut down"))
@@ -96,15 +106,20 @@ class EngineDriver:
             return outputs
 
     def _deliver(self, outputs: list[StepOutput], waiting_error: BaseException | None = None) -> None:
-        for out in outputs:
-            with self._lock:
-                stream = self._streams.pop(out.request, None) if out.finished else self._streams.get(out.request)
+        """Hand a step's outputs to their streams: one wake-up of the event loop for all of them."""
+        delivery = Delivery()
+        with self._lock:
+            streams = [(out, self._streams.pop(out.request, None) if out.finished else self._streams.get(out.request))
+                       for out in outputs]
+        for out, stream in streams:
             if stream is None:
                 continue
             if out.ids:
-                stream.put(out.ids)
+                delivery.put(stream, out.ids)
             if out.finished:
                 error = out.error
                 if error is None and out.request.slot is None and waiting_error is not None:
                     error = waiting_error  # never admitted: it waited for a slot when the engine stopped
-                stream.finish(error, out.reason)
+                stream.finish_reason = out.reason
+                delivery.finish(stream, error)
+        delivery.send()

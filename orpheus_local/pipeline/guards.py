@@ -33,11 +33,13 @@ class GuardLimits:
 
 
 class Runaway(Exception):
-    """A guard fired: `guard` is its name (budget, repeat, silence, or length: max_new_tokens reached)."""
+    """A guard fired: `guard` is its name (budget, repeat, silence, or length: max_new_tokens reached).
+    at_frame: for a watch given several frames at once, the index among them of the one it fired on."""
 
-    def __init__(self, guard: str, detail: str):
+    def __init__(self, guard: str, detail: str, at_frame: int | None = None):
         super().__init__(f"{guard} guard: {detail}")
         self.guard = guard
+        self.at_frame = at_frame
 
 
 def token_budget(text: str, max_new_tokens: int, limits: GuardLimits) -> int | None:
@@ -60,13 +62,15 @@ class RepeatWatch:
         self._runs = [0] * (limits.repeat_period + 1)  # [p]: frames in a row equal to the one p back
 
     def push(self, frames: np.ndarray) -> Runaway | None:
-        for row in np.asarray(frames):
-            frame = tuple(row.tolist())
+        """Look at [n, 7] frames in order; the Runaway names the frame it fired on (at_frame)."""
+        for index, row in enumerate(np.asarray(frames).tolist()):
+            frame = tuple(row)
             for period in range(1, len(self._runs)):
                 repeats = period <= len(self._recent) and self._recent[-period] == frame
                 self._runs[period] = self._runs[period] + 1 if repeats else 0
                 if self._runs[period] + period >= self.length:
-                    return Runaway("repeat", f"a cycle of {period} frame(s) repeated for {self.length} frames")
+                    return Runaway("repeat", f"a cycle of {period} frame(s) repeated for {self.length} frames",
+                                   at_frame=index)
             self._recent.append(frame)
         return None
 
@@ -76,13 +80,15 @@ class SilenceWatch:
 
     def __init__(self, limits: GuardLimits):
         self.limits = limits
+        self._quiet_energy = limits.silence_rms ** 2 * fmt.SAMPLES_PER_FRAME  # rms < x <=> energy < x² n
         self._quiet = 0
 
     def push(self, pcm: np.ndarray) -> Runaway | None:
         whole = len(pcm) // fmt.SAMPLES_PER_FRAME * fmt.SAMPLES_PER_FRAME  # decoded chunks are whole frames
-        frames = pcm[:whole].reshape(-1, fmt.SAMPLES_PER_FRAME)
-        for rms in np.sqrt(np.mean(np.square(frames, dtype=np.float64), axis=1)):
-            self._quiet = self._quiet + 1 if rms < self.limits.silence_rms else 0
+        frames = np.asarray(pcm[:whole], np.float64).reshape(-1, fmt.SAMPLES_PER_FRAME)
+        energy = np.einsum("ij,ij->i", frames, frames)  # sum of squares per frame, in one pass
+        for quiet in (energy < self._quiet_energy).tolist():
+            self._quiet = self._quiet + 1 if quiet else 0
             if self._quiet >= self.limits.silence_frames:
                 return Runaway("silence", f"{self._quiet} frames below {self.limits.silence_rms} RMS")
         return None

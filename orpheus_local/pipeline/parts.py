@@ -159,11 +159,10 @@ class Part:
             ids_stream = self.submit_ids(params, engine_id, prompt_ids=self.prompt_ids, continuation=continuation,
                                          ignore_eos=self.ignore_eos, max_tokens=budget or 0)
             async for ids in ids_stream:  # whole frames, from either backend
-                # Frame by frame: a repeat stops at the frame that fired, however ids were batched.
-                for frame in fmt.ids_to_frames(ids):
-                    audio.push(frame)
-                    if repeats and (runaway := repeats.push(frame[None])):
-                        break
+                frames = fmt.ids_to_frames(ids)
+                if repeats and (runaway := repeats.push(frames)):
+                    frames = frames[:runaway.at_frame + 1]  # a repeat stops at the frame that fired
+                audio.push(frames)
                 if runaway:
                     break
         except BaseException as exc:
