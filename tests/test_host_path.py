@@ -38,6 +38,10 @@ def alone(seed: int) -> list[int]:
     return request.generated
 
 
+async def ids_of(stream) -> list[int]:
+    return [i async for ids in stream for i in ids]
+
+
 async def test_a_step_hands_every_streams_ids_to_the_loop_in_one_wakeup():
     loop = asyncio.get_running_loop()
     hops = []
@@ -51,7 +55,7 @@ async def test_a_step_hands_every_streams_ids_to_the_loop_in_one_wakeup():
     driver = EngineDriver(simulated_core(8)).start()
     try:
         streams = [driver.submit([1, 2, 3], SynthesisParams(text="x", seed=seed), f"r{seed}") for seed in range(8)]
-        got = [[i async for ids in stream for i in ids] for stream in streams]
+        got = [await ids_of(stream) for stream in streams]
         steps = driver.stats()["steps"]
     finally:
         driver.close()
