@@ -26,6 +26,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import httpx
+import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -34,6 +35,10 @@ from bench.latency import benchmark_levels  # noqa: E402
 from bench.report import CLOSED, summarize  # noqa: E402
 from bench.server_process import ROOT, ServeProcess  # noqa: E402
 from bench.target import Target  # noqa: E402
+from orpheus_local.audio.encoders import StreamEncoder  # noqa: E402
+from orpheus_local.audio.simulated import SpeechLikeCodec  # noqa: E402
+from orpheus_local.audio.windows import Window  # noqa: E402
+from orpheus_local.tokens import SAMPLE_RATE  # noqa: E402
 
 TEXT = "Hello there, how are you today?"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -108,6 +113,20 @@ def measure_level(pool: ProcessPoolExecutor, processes: int, pid: int, base_url:
     }
 
 
+def encoder_ms_per_audio_s(audio_format: str, seconds: float = 10.0, chunk: int = 8192) -> float:
+    """CPU milliseconds per second of audio that the format's encoder alone takes, here, in this
+    process: the speech-like stand-in's audio in chunks of `chunk` samples (the floor under what the
+    server spends on that format)."""
+    second = SpeechLikeCodec().decode_windows([Window(np.zeros((1, 7), np.int64), 0, 12, 0)])[0]
+    pcm = np.tile(second, int(seconds * SAMPLE_RATE) // len(second) + 1)[:int(seconds * SAMPLE_RATE)]
+    started = time.process_time()
+    encoder = StreamEncoder(audio_format)
+    for begin in range(0, len(pcm), chunk):
+        encoder.encode(pcm[begin:begin + chunk])
+    encoder.finish()
+    return round(1000 * (time.process_time() - started) / seconds, 2)
+
+
 def _realtime(rows: list[dict], audio_format: str) -> int | None:
     levels = [r for r in rows if r["format"] == audio_format]
     if not any(r["streams"] for r in levels):
@@ -120,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--formats", nargs="+", default=["pcm", "wav", "mp3", "opus"])
     parser.add_argument("--concurrency", type=int, nargs="+", default=[16, 64, 256])
-    parser.add_argument("--rounds", type=int, default=2, help="requests per stream at each level")
+    parser.add_argument("--rounds", type=int, default=3, help="requests per stream at each level")
     parser.add_argument("--step-ms", type=float, default=3.0, help="the simulated device's step")
     parser.add_argument("--client-processes", type=int, default=2,
                         help="client processes sharing each level's streams (default: %(default)s)")
@@ -152,6 +171,9 @@ def main(argv: list[str] | None = None) -> None:
         # The highest concurrency at which every stream played without running dry and the p99 time to
         # first audio stayed under 500 ms; None where playback cannot be followed (compressed formats).
         "realtime_streams": {fmt: _realtime(rows, fmt) for fmt in args.formats},
+        # What each format's encoder alone costs on this machine (measured in this process), under
+        # the server's figure: pcm and wav are a sample conversion, mp3 and opus a codec.
+        "encoder_ms_per_audio_s": {fmt: encoder_ms_per_audio_s(fmt) for fmt in args.formats},
         # The mean wall time of an engine step (sleep, scheduling, handing out the tokens, waiting
         # for the GIL) at the middle concurrency, against step_ms simulated.
         "step_ms_effective": {r["format"]: r["step_ms_effective"] for r in rows if r["concurrency"] == middle},

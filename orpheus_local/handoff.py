@@ -6,7 +6,9 @@ cancel() when its client leaves, which the producer learns through on_cancel or 
 
 A worker that serves many streams collects what one step made for all of them in a Delivery and
 sends it with one thread hop, instead of one per stream: at hundreds of streams, waking the event
-loop is a large part of the host's work.
+loop is a large part of the host's work. A consumer whose work on each item is short and
+thread-safe may take the items on the producer's thread instead (on_item): only the end then
+travels to the event loop.
 """
 
 from __future__ import annotations
@@ -22,13 +24,20 @@ T = TypeVar("T")
 class Handoff(Generic[T]):
     """Producer side (any thread): put(), finish(), or a Delivery. Consumer side (the loop that made
     it): `async for`, cancel(). Items and the end are applied on the loop, so the consumer's state
-    needs no lock: the error is written before the end is scheduled, and read after it arrives."""
+    needs no lock: the error is written before the end is scheduled, and read after it arrives.
 
-    def __init__(self, loop: asyncio.AbstractEventLoop | None = None, on_cancel: Callable[[], None] | None = None):
+    on_item: takes each item on the producer's thread, in order, instead of `async for` (which then
+    only waits for the end). Returning False, or raising, cancels the handoff and drops the items
+    after it; what it raised ends `async for` once the producer has finished."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None, on_cancel: Callable[[], None] | None = None,
+                 on_item: Callable[[T], bool] | None = None):
         self.loop = loop or asyncio.get_running_loop()
         self.cancelled = threading.Event()
         self.error: BaseException | None = None
         self._on_cancel = on_cancel
+        self._on_item = on_item
+        self._item_error: Exception | None = None  # written by the producer's thread before the end
         self._items: deque[T] = deque()
         self._ended = False
         self._waiter: asyncio.Future | None = None
@@ -39,6 +48,17 @@ class Handoff(Generic[T]):
 
     def finish(self, error: BaseException | None = None) -> None:
         Delivery().finish(self, error).send()
+
+    def _take(self, item: T) -> None:
+        """on_item's turn, on the producer's thread."""
+        if self.cancelled.is_set():
+            return
+        try:
+            more = self._on_item(item)
+        except Exception as exc:
+            self._item_error, more = exc, False
+        if not more:
+            self.cancel()
 
     # --- on the loop (a Delivery applies these) ---
     def _append(self, item: T) -> None:
@@ -55,7 +75,8 @@ class Handoff(Generic[T]):
 
     # --- consumer side (the event loop) ---
     def cancel(self) -> None:
-        """The consumer leaves: the producer may stop. Safe to call more than once, or after the end."""
+        """The consumer leaves: the producer may stop. Safe to call more than once, or after the end,
+        from the loop or (through on_item) from the producer's thread."""
         if not self.cancelled.is_set():
             self.cancelled.set()
             if self._on_cancel is not None:
@@ -67,8 +88,8 @@ class Handoff(Generic[T]):
     async def __anext__(self) -> T:
         while not self._items:
             if self._ended:  # later calls end too
-                if self.error is not None:
-                    raise self.error
+                if error := self.error or self._item_error:
+                    raise error
                 raise StopAsyncIteration
             self._waiter = self.loop.create_future()
             try:
@@ -86,7 +107,10 @@ class Delivery:
         self._by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Handoff, object, bool]]] = {}
 
     def put(self, handoff: Handoff, item) -> "Delivery":
-        self._by_loop.setdefault(handoff.loop, []).append((handoff, item, False))
+        if handoff._on_item is not None:
+            handoff._take(item)  # now, on this thread
+        else:
+            self._by_loop.setdefault(handoff.loop, []).append((handoff, item, False))
         return self
 
     def finish(self, handoff: Handoff, error: BaseException | None = None) -> "Delivery":

@@ -99,10 +99,10 @@ async def test_a_failing_generation_fails_alone_with_its_request_id(synthesizer,
     else:  # the failure of one request inside a decode batch it shares with the others
         accept = engine._accept
 
-        def failing_accept(out, token):
-            if poisoned([out.request]) and len(out.request.generated) == 3:  # before any audio
+        def failing_accept(request, token, output):
+            if poisoned([request]) and len(request.generated) == 3:  # before any audio
                 raise RuntimeError("injected token failure")
-            accept(out, token)
+            accept(request, token, output)
 
         monkeypatch.setattr(engine, "_accept", failing_accept)
 

@@ -8,7 +8,7 @@ import numpy as np
 from support.asgi import SPEECH, serve
 
 from orpheus_local import tokens as fmt
-from orpheus_local.audio.simulated import ToneCodec
+from orpheus_local.audio.simulated import SpeechLikeCodec
 from orpheus_local.audio.windows import Window
 from orpheus_local.config import EngineConfig
 from orpheus_local.engine.core import EngineCore
@@ -33,10 +33,10 @@ def test_a_simulated_request_speaks_its_frames_then_stops():
     assert RepeatWatch(GuardLimits()).push(frames) is None  # varied enough for the loop guard
 
 
-def test_the_tone_codec_gives_each_window_its_length_in_samples():
+def test_the_speech_like_codec_gives_each_window_its_length_in_samples():
     windows = [Window(np.zeros((left + count + 1, 7), np.int64), left, count, start=0)
                for left, count in ((0, 1), (2, 4), (2, 32))]
-    assert [len(pcm) for pcm in ToneCodec().decode_windows(windows)] == [2048, 8192, 65536]
+    assert [len(pcm) for pcm in SpeechLikeCodec().decode_windows(windows)] == [2048, 8192, 65536]
 
 
 async def test_the_server_around_a_simulated_device_serves_exact_lengths(demo_dirs):

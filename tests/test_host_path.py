@@ -14,7 +14,9 @@ from prometheus_client import generate_latest
 from bench.clients import ClientPool
 from orpheus_local import tokens as fmt
 from orpheus_local.audio.encoders import StreamEncoder, wav_stream_header
+from orpheus_local.audio.simulated import SpeechLikeCodec
 from orpheus_local.audio.windows import StreamDecoder
+from orpheus_local.audio.worker import CodecCore
 from orpheus_local.engine.core import EngineCore
 from orpheus_local.engine.driver import EngineDriver
 from orpheus_local.engine.simulated import SimulatedRunner
@@ -182,3 +184,18 @@ async def test_the_client_pool_gives_each_request_in_flight_a_client_and_reuses_
     finally:
         await pool.aclose()
     assert first.is_closed and second.is_closed
+
+
+async def test_ids_that_are_not_audio_ids_fail_their_own_stream_when_the_codec_takes_them():
+    core = CodecCore(SpeechLikeCodec())
+    good, bad = core.open(noise_key=1), core.open(noise_key=2)
+    ids = fmt.frames_to_ids(frames(3))
+    good.push_ids(ids)
+    bad.push_ids(ids[:8] + [fmt.END_OF_SPEECH] + ids[9:])  # position 1 of frame 1 holds no audio id
+    for s in (good, bad):
+        s.end_frames()
+    while core.has_work():
+        core.step()
+    assert len(np.concatenate([pcm async for pcm in good])) == 3 * fmt.SAMPLES_PER_FRAME
+    with pytest.raises(ValueError, match="not an audio id for frame position 1"):
+        [pcm async for pcm in bad]

@@ -161,8 +161,9 @@ class ScriptedBackend:
         self.budgets: list[int] = []
         self.streams: list[TokenStream] = []
 
-    def submit(self, prompt_ids, params, request_id, *, ignore_eos=False, max_tokens=0, continuation=False):
-        stream = TokenStream(request_id)
+    def submit(self, prompt_ids, params, request_id, *, ignore_eos=False, max_tokens=0, continuation=False,
+               on_ids=None):
+        stream = TokenStream(request_id, on_ids=on_ids)
         codes, delay = self.script(params, len(self.submitted))
         self.submitted.append(params)
         self.prompts.append(prompt_ids)

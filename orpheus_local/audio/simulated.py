@@ -1,7 +1,9 @@
-"""ToneCodec: SnacCodec's decode_windows at no cost, for measuring everything around the codec.
+"""SpeechLikeCodec: SnacCodec's decode_windows at no cost, for measuring everything around the codec.
 
-Every window decodes to a constant level (well above the silence guard's threshold), of exactly the
-length SNAC would give it.
+Every window decodes to exactly the length SNAC would give it, cut from one second of noise made
+once: low-passed and swelling four times a second like syllables, never near the silence guard's
+threshold. Encoders work on it about as hard as on speech (LAME takes half again as long on a
+constant level as on this, so a flat tone would overstate their cost).
 """
 
 from __future__ import annotations
@@ -13,9 +15,24 @@ import numpy as np
 from orpheus_local import tokens as fmt
 from orpheus_local.audio.windows import Window
 
-LEVEL = 0.1
+
+def _speech_like_second(seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(fmt.SAMPLE_RATE) / fmt.SAMPLE_RATE
+    noise = np.convolve(rng.standard_normal(fmt.SAMPLE_RATE), np.ones(8) / 8, mode="same")  # below ~3 kHz
+    envelope = 0.06 + 0.05 * np.sin(2 * np.pi * 4 * t)  # 4 swells a second: syllables
+    return (noise * envelope * 2.5).astype(np.float32)
 
 
-class ToneCodec:
+class SpeechLikeCodec:
+    def __init__(self):
+        self._second = _speech_like_second()
+
     def decode_windows(self, windows: Sequence[Window]) -> list[np.ndarray]:
-        return [np.full(w.count * fmt.SAMPLES_PER_FRAME, LEVEL, np.float32) for w in windows]
+        return [self._cut(w.start * fmt.SAMPLES_PER_FRAME, w.count * fmt.SAMPLES_PER_FRAME) for w in windows]
+
+    def _cut(self, start: int, length: int) -> np.ndarray:
+        """`length` samples of the looped second, from position `start` of the stream."""
+        n = len(self._second)
+        offset = start % n
+        return np.tile(self._second, (offset + length) // n + 1)[offset:offset + length]

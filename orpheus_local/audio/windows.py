@@ -63,8 +63,8 @@ class StreamDecoder:
     bytes on every run; three frames of context on each side cover the decoder's reach (2.25 frames),
     so the seams are far below the 16-bit step. Latency does not matter there: nobody listens yet.
 
-    noise_key seeds the stream's codec noise (None: a fresh key). push() and finish() may be called
-    from another thread than ready_window().
+    noise_key seeds the stream's codec noise (None: a fresh key). push(), push_ids() and finish() may
+    be called from another thread than ready_window().
     """
 
     def __init__(self, *, left_context: int = 2, right_context: int = 1, max_chunk: int = 32,
@@ -76,6 +76,7 @@ class StreamDecoder:
         self.fixed = fixed
         self._lock = threading.Lock()
         self._buf = np.zeros((0, fmt.FRAME_TOKENS), dtype=np.int64)  # frames from index _base on
+        self._ids: list[int] = []  # frames after those, pushed as ids and not yet converted
         self._base = 0
         self._pushed = self._emitted = 0
         self._finished = False
@@ -104,13 +105,31 @@ class StreamDecoder:
         decodes looks at them on a timer, and need not be woken for every frame."""
         frames = np.asarray(frames, dtype=np.int64).reshape(-1, fmt.FRAME_TOKENS)
         with self._lock:
-            assert not self._finished, "push() after finish()"
-            if self._first_push is None:
-                self._first_push = (self._clock(), len(frames))
-            self._buf = np.concatenate([self._buf, frames])
-            self._pushed += len(frames)
-            ready = self._pushed - self._emitted - self.right_context
-            return ready >= self.max_chunk or (not self._emitted and ready >= 1 and not self.fixed)
+            self._buf = np.concatenate([self._frames(), frames])
+            return self._added(len(frames))
+
+    def push_ids(self, ids: list[int]) -> bool:
+        """Append whole frames of audio ids, as push() does codes. They become codes (and are checked:
+        ValueError for an id outside its position's range) when the next window is taken, a window's
+        worth at a time instead of a frame at a time."""
+        with self._lock:
+            self._ids += ids
+            return self._added(len(ids) // fmt.FRAME_TOKENS)
+
+    def _added(self, count: int) -> bool:
+        assert not self._finished, "push() after finish()"
+        if self._first_push is None:
+            self._first_push = (self._clock(), count)
+        self._pushed += count
+        ready = self._pushed - self._emitted - self.right_context
+        return ready >= self.max_chunk or (not self._emitted and ready >= 1 and not self.fixed)
+
+    def _frames(self) -> np.ndarray:
+        """The buffered codes, the ids pushed since converted and appended."""
+        if self._ids:
+            ids, self._ids = self._ids, []
+            self._buf = np.concatenate([self._buf, fmt.ids_to_frames(ids)])
+        return self._buf
 
     def finish(self) -> None:
         """No more frames: the rest is emitted without waiting for right context."""
@@ -126,7 +145,7 @@ class StreamDecoder:
             start, end = self._emitted, self._emitted + count
             lo = max(0, start - self.left_context)
             hi = min(self._pushed, end + self.right_context)
-            window = Window(self._buf[lo - self._base:hi - self._base], start - lo, count, start,
+            window = Window(self._frames()[lo - self._base:hi - self._base], start - lo, count, start,
                             self.noise_key, alone=self.fixed)
             if start == 0:
                 self._first_emit_time = self._clock()

@@ -58,6 +58,11 @@ class AudioStream(Handoff[np.ndarray]):
         if self.decoder.push(frames):  # else the stepping thread's tick finds the window in time
             self._wake()
 
+    def push_ids(self, ids: list[int]) -> None:
+        """Whole frames of audio ids (StreamDecoder.push_ids): a bad id fails this stream alone."""
+        if self.decoder.push_ids(ids):
+            self._wake()
+
     def end_frames(self) -> None:
         """No more frames: the rest is decoded, then the stream ends."""
         self.decoder.finish()
@@ -195,7 +200,11 @@ class CodecCore:
 
     def _next(self, stream: AudioStream) -> _Queued | None:
         """The stream's next ready window with its priority key, or None."""
-        window = stream.decoder.ready_window()
+        try:
+            window = stream.decoder.ready_window()
+        except ValueError as exc:  # ids pushed that are not audio ids: this stream fails, the rest go on
+            stream.fail(exc)
+            return None
         if window is None:
             return None
         rank = 0 if window.start == 0 and not window.alone else 1

@@ -1,8 +1,9 @@
 """EngineCore: add / step / abort / has_work. The caller drives it; it starts no thread.
 
 One step = schedule (aborts, admission) -> run (prefill the admitted, decode every running slot
-together) -> route each sampled id to its request. step() returns what each request got, so a test
-drives the engine step by step and a driver (driver.py) hands the outputs to asyncio.
+together) -> route each sampled id to its request. step() returns an output for each request with
+news (a whole frame of ids, or its end), so a test drives the engine step by step and a driver
+(driver.py) hands the outputs to asyncio.
 
 Threads: add() and abort() may be called from any thread (the scheduler's lock); step() from one
 thread at a time, which then owns the runner and every request's state.
@@ -99,23 +100,24 @@ class EngineCore:
 
     def _route(self, requests: list[Request], ids: list[int], output) -> None:
         for request, token in zip(requests, ids):
-            out = output(request)
             try:
-                self._accept(out, token)
+                self._accept(request, token, output)
             except Exception:  # a failure while handing over one request's ids fails it alone
                 log.exception("request %s failed", request.request_id)
-                self._finish(out, Status.FAILED, GenerationError(request.request_id))
+                self._finish(output(request), Status.FAILED, GenerationError(request.request_id))
 
-    def _accept(self, out: StepOutput, token: int) -> None:
-        request = out.request
+    def _accept(self, request: Request, token: int, output) -> None:
+        """Take one sampled id. An output is made only for news (a whole frame, or the end): six
+        steps in seven have none for a request, and at hundreds of streams this runs for each."""
         if token == fmt.END_OF_SPEECH:
-            self._finish(out, Status.FINISHED, reason="stop")
+            self._finish(output(request), Status.FINISHED, reason="stop")
             return
-        request.generated.append(token)
-        if len(request.generated) % fmt.FRAME_TOKENS == 0:
-            out.ids.extend(request.generated[-fmt.FRAME_TOKENS:])  # consumers want whole frames
+        generated = request.generated
+        generated.append(token)
+        if len(generated) % fmt.FRAME_TOKENS == 0:
+            output(request).ids.extend(generated[-fmt.FRAME_TOKENS:])  # consumers want whole frames
         if request.budget_left() <= 0:
-            self._finish(out, Status.FINISHED, reason="length")
+            self._finish(output(request), Status.FINISHED, reason="length")
 
     def _finish(self, out: StepOutput, status: Status, error: BaseException | None = None,
                 reason: str | None = None) -> None:

@@ -48,14 +48,15 @@ class EngineDriver:
 
     # --- event-loop side ---
     def submit(self, prompt_ids: list[int], params: SynthesisParams, request_id: str, *, ignore_eos: bool = False,
-               max_tokens: int = 0, continuation: bool = False) -> TokenStream:
-        """Queue a request; its ids arrive on the returned stream (see EngineCore.add)."""
+               max_tokens: int = 0, continuation: bool = False, on_ids=None) -> TokenStream:
+        """Queue a request; its ids arrive on the returned stream (see EngineCore.add), or go to
+        on_ids on the engine thread (see TokenStream)."""
         with self._lock:
             if self._closing or self._thread is None:
                 raise NotReadyError("the engine is not running")
             request = self.core.add(prompt_ids, params, request_id, ignore_eos=ignore_eos, max_tokens=max_tokens,
                                     continuation=continuation)
-            stream = TokenStream(request_id, on_cancel=lambda: self._abort(request))
+            stream = TokenStream(request_id, on_cancel=lambda: self._abort(request), on_ids=on_ids)
             self._streams[request] = stream
         self._wake.set()
         return stream

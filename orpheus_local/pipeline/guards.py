@@ -63,8 +63,14 @@ class RepeatWatch:
 
     def push(self, frames: np.ndarray) -> Runaway | None:
         """Look at [n, 7] frames in order; the Runaway names the frame it fired on (at_frame)."""
-        for index, row in enumerate(np.asarray(frames).tolist()):
-            frame = tuple(row)
+        return self._watch(tuple(row) for row in np.asarray(frames).tolist())
+
+    def push_ids(self, ids: list[int]) -> Runaway | None:
+        """push() for whole frames of audio ids (a frame of ids repeats exactly when its codes do)."""
+        return self._watch(tuple(ids[i:i + fmt.FRAME_TOKENS]) for i in range(0, len(ids), fmt.FRAME_TOKENS))
+
+    def _watch(self, frames) -> Runaway | None:
+        for index, frame in enumerate(frames):
             for period in range(1, len(self._runs)):
                 repeats = period <= len(self._recent) and self._recent[-period] == frame
                 self._runs[period] = self._runs[period] + 1 if repeats else 0

@@ -150,33 +150,43 @@ class Part:
             await asyncio.gather(feeder, return_exceptions=True)
 
     async def _feed(self, audio, params: SynthesisParams, engine_id: str, *, continuation: bool) -> Runaway | None:
-        """Generated ids -> whole frames -> the part's decoder; stops early when the repeat guard fires."""
+        """Generated ids -> whole frames -> the part's decoder; stops early when the repeat guard fires.
+
+        The frames go into the decoder on the backend's thread as they are made (the decoder and the
+        guard's state are touched by that thread alone until the end): at hundreds of streams, a
+        wake-up of the event loop per frame would cost more than the frame's work.
+        """
         budget = token_budget(params.text, params.max_new_tokens, self.limits) if self.limits else None
         repeats = RepeatWatch(self.limits) if self.limits else None
-        runaway = None
+        fired: list[Runaway] = []
+
+        def take(ids: list[int]) -> bool:  # whole frames, from either backend; False: stop generating
+            if repeats and (runaway := repeats.push_ids(ids)):
+                ids = ids[:(runaway.at_frame + 1) * fmt.FRAME_TOKENS]  # a repeat stops at the frame that fired
+                fired.append(runaway)
+            audio.push_ids(ids)  # checked as audio ids when the codec takes them
+            return not fired
+
         ids_stream = None
         try:
             ids_stream = self.submit_ids(params, engine_id, prompt_ids=self.prompt_ids, continuation=continuation,
-                                         ignore_eos=self.ignore_eos, max_tokens=budget or 0)
-            async for ids in ids_stream:  # whole frames, from either backend
-                frames = fmt.ids_to_frames(ids)
-                if repeats and (runaway := repeats.push(frames)):
-                    frames = frames[:runaway.at_frame + 1]  # a repeat stops at the frame that fired
-                audio.push(frames)
-                if runaway:
-                    break
+                                         ignore_eos=self.ignore_eos, max_tokens=budget or 0, on_ids=take)
+            async for _ in ids_stream:  # nothing comes: the ids go to take(); this waits for the end
+                pass
         except BaseException as exc:
             audio.fail(exc)
             raise
         finally:
             if ids_stream is not None:
-                ids_stream.cancel()  # leaving the loop early stops the engine request now
+                ids_stream.cancel()  # leaving early stops the engine request now
         audio.end_frames()  # (the backends never hand out an incomplete last frame)
-        if runaway is None and not self.ignore_eos and ids_stream.finish_reason == "length":
+        if fired:
+            return fired[0]
+        if not self.ignore_eos and ids_stream.finish_reason == "length":
             # Stopped at its cap: the guard's budget when one is set (a runaway), else the client's own.
-            runaway = (Runaway("budget", f"no end_of_speech within {budget} tokens") if budget else
-                       Runaway("length", f"no end_of_speech within max_new_tokens={params.max_new_tokens}"))
-        return runaway
+            return (Runaway("budget", f"no end_of_speech within {budget} tokens") if budget else
+                    Runaway("length", f"no end_of_speech within max_new_tokens={params.max_new_tokens}"))
+        return None
 
     def _report(self, runaway: Runaway, action: str) -> None:
         then = "generating it again with a new seed" if action == "regenerate" else "ending it there"

@@ -78,7 +78,7 @@ class Synthesizer:
     def simulated(cls, config: EngineConfig, default_slots: int = 256) -> "Synthesizer":
         """The real pipeline around a simulated device: every engine step sleeps
         config.simulated_step_ms, the codec costs nothing (for measuring the host side)."""
-        from orpheus_local.audio.simulated import ToneCodec
+        from orpheus_local.audio.simulated import SpeechLikeCodec
         from orpheus_local.engine.core import EngineCore
         from orpheus_local.engine.driver import EngineDriver
         from orpheus_local.engine.simulated import SimulatedRunner
@@ -89,23 +89,25 @@ class Synthesizer:
                                  max_prompt_tokens=config.max_prompt_tokens)
         backend = EngineDriver(EngineCore(runner, config.max_queue)).start()
         log.info("simulated device: %d slots, %g ms a step, no codec", runner.num_slots, config.simulated_step_ms)
-        return cls(load_tokenizer(model_dir), backend, CodecWorker(ToneCodec()).start())
+        return cls(load_tokenizer(model_dir), backend, CodecWorker(SpeechLikeCodec()).start())
 
     def prompt_ids(self, params: SynthesisParams) -> list[int]:
         return fmt.build_prompt(self.tokenizer, params.text, params.voice)
 
     def submit_ids(self, params: SynthesisParams, request_id: str | None = None, *, ignore_eos: bool = False,
-                   max_tokens: int = 0, prompt_ids: list[int] | None = None, continuation: bool = False):
+                   max_tokens: int = 0, prompt_ids: list[int] | None = None, continuation: bool = False,
+                   on_ids=None):
         """Start one generation; its TokenStream yields whole frames of audio ids and, once done,
         says why it ended (finish_reason). The caller must cancel() it if it stops reading early.
 
         prompt_ids: the prompt of params, when already built. continuation: a later part or a second
         attempt of a request already under way, which a full queue does not refuse (QueueFullError is
-        for a request's first part only, before any of its audio).
+        for a request's first part only, before any of its audio). on_ids: takes the ids on the
+        backend's thread instead of the stream (see TokenStream).
         """
         prompt_ids = self.prompt_ids(params) if prompt_ids is None else prompt_ids
         return self.backend.submit(prompt_ids, params, request_id or uuid.uuid4().hex, ignore_eos=ignore_eos,
-                                   max_tokens=max_tokens, continuation=continuation)
+                                   max_tokens=max_tokens, continuation=continuation, on_ids=on_ids)
 
     async def stream_ids(
         self, params: SynthesisParams, request_id: str | None = None, *, ignore_eos: bool = False, max_tokens: int = 0

@@ -66,11 +66,11 @@ class ReferenceBackend:
         return self
 
     def submit(self, prompt_ids: list[int], params: SynthesisParams, request_id: str, *, ignore_eos: bool = False,
-               max_tokens: int = 0, continuation: bool = False) -> TokenStream:
+               max_tokens: int = 0, continuation: bool = False, on_ids=None) -> TokenStream:
         if len(prompt_ids) > self.max_prompt_tokens:
             raise InputError("text", f"too long for one generation ({len(prompt_ids)} prompt tokens, "
                                      f"at most {self.max_prompt_tokens})")
-        stream = TokenStream(request_id)
+        stream = TokenStream(request_id, on_ids=on_ids)
         with self._lock:
             if self._closing or self._thread is None:
                 raise NotReadyError("the reference backend is not running")
