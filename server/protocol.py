@@ -14,8 +14,8 @@ from orpheus_local.errors import InputError
 from orpheus_local.params import DEFAULT_VOICE, RANGES, TOP_K_RANGE, SynthesisParams
 
 from .errors import SERVED_MODEL, from_core, invalid, text_too_long, unknown_model
+from .openai_names import SPEECH_MODELS, OpenAINames
 
-SPEECH_MODELS = (SERVED_MODEL, "orpheus", "tts-1", "tts-1-hd")
 _DEFAULTS = {f.name: f.default for f in fields(SynthesisParams)}
 
 
@@ -37,6 +37,20 @@ Number = Annotated[float, BeforeValidator(_finite_number)]
 Integer = Annotated[int, BeforeValidator(_finite_number)]
 
 
+def _voice_name(value):
+    """A voice given as an object, as OpenAI's API also allows ({"id": "coral"}), becomes its name."""
+    if isinstance(value, dict):
+        if not isinstance(value.get("id"), str):
+            raise ValueError('a voice object needs an "id" string, e.g. {"id": "tara"}')
+        return value["id"]
+    return value
+
+
+Voice = Annotated[str, BeforeValidator(_voice_name)]
+_VOICE_DESCRIPTION = ('speaker: a trained voice, or an OpenAI voice name (mapped to one: GET /v1/audio/voices); '
+                      'also as an object, {"id": "tara"}')
+
+
 def _ranged(name: str, description: str):
     low, high = RANGES[name]
     return Field(_DEFAULTS[name], ge=low, le=high, description=description)
@@ -53,14 +67,15 @@ class Sampling(BaseModel):
     top_k: Integer | None = Field(None, ge=TOP_K_RANGE[0], le=TOP_K_RANGE[1],
                                   description="keep only the k most likely audio ids; absent: no top-k (extension)")
 
-    def _synthesis_params(self, field: str, text: str, voice: str, max_chars: int) -> SynthesisParams:
+    def _synthesis_params(self, field: str, text: str, voice: Voice, max_chars: int,
+                          names: OpenAINames) -> SynthesisParams:
         """The one mapping to SynthesisParams; its checks (empty text, unknown voice or tag) become
-        400s, text longer than max_chars a 413."""
+        400s, text longer than max_chars a 413. An OpenAI voice name becomes the voice it maps to."""
         if len(text) > max_chars:
             raise text_too_long(field, len(text), max_chars)
         try:
             return SynthesisParams(
-                text=text, voice=voice, temperature=self.temperature, top_p=self.top_p,
+                text=text, voice=names.voice(voice), temperature=self.temperature, top_p=self.top_p,
                 max_new_tokens=self.max_new_tokens, repetition_penalty=self.repetition_penalty, seed=self.seed,
                 top_k=self.top_k,
             )
@@ -72,32 +87,39 @@ class SegmindRequest(Sampling):
     """Body of POST /v1/orpheus-3b-0.1 and /v2/orpheus-3b-0.1 (JSON or multipart form)."""
 
     text: str = Field(description="what to say; emotion tags like <sigh> or <laugh> are spoken as such")
-    voice: str = Field(DEFAULT_VOICE, description="speaker")
+    voice: Voice = Field(DEFAULT_VOICE, description=_VOICE_DESCRIPTION)
     speed: Number = Field(1.0, ge=SPEED_MIN, le=SPEED_MAX, description="playback speed factor, pitch kept (extension)")
     stream: bool = Field(False, description="send a chunked WAV as audio is generated (extension, v1 only)")
 
-    def synthesis_params(self, max_chars: int) -> SynthesisParams:
-        return self._synthesis_params("text", self.text, self.voice, max_chars)
+    def synthesis_params(self, max_chars: int, names: OpenAINames) -> SynthesisParams:
+        return self._synthesis_params("text", self.text, self.voice, max_chars, names)
 
 
 class SpeechRequest(Sampling):
     """Body of POST /v1/audio/speech (OpenAI)."""
 
-    model: str = Field(SERVED_MODEL, description=f"one of {', '.join(SPEECH_MODELS)}")
-    input: str = Field(description="what to say")
-    voice: str = Field(DEFAULT_VOICE, description="speaker")
+    model: str = Field(SERVED_MODEL, description=f"one of {', '.join(SPEECH_MODELS)}, a dated gpt-4o-mini-tts, or "
+                                                 "an alias from the settings (GET /v1/models)")
+    input: str = Field(description="what to say (no 4,096-character cap: long text is split at sentences)")
+    voice: Voice = Field(DEFAULT_VOICE, description=_VOICE_DESCRIPTION)
+    instructions: str | None = Field(None, max_length=4096, description="accepted and ignored: Orpheus takes its "
+                                     "style from the voice and from emotion tags in the text (X-Ignored-Fields says so)")
     response_format: Literal[tuple(FORMATS)] = Field("mp3", description="audio encoding")
     speed: Number = Field(1.0, ge=SPEED_MIN, le=SPEED_MAX, description="playback speed factor")
     stream_format: Literal["audio", "sse"] = Field("audio", description="raw audio bytes or server-sent events")
     stream: bool = Field(True, description="false: one complete file with its real sizes, sent when done; "
                          "a seeded request then gives the same bytes on every run (extension)")
 
-    def synthesis_params(self, max_chars: int) -> SynthesisParams:
-        if self.model not in SPEECH_MODELS:
+    def synthesis_params(self, max_chars: int, names: OpenAINames) -> SynthesisParams:
+        if not names.accepts_model(self.model):
             raise unknown_model(self.model)
         if not self.stream and self.stream_format == "sse":
             raise invalid("stream", "server-sent events are a stream; stream false needs stream_format audio")
-        return self._synthesis_params("input", self.input, self.voice, max_chars)
+        return self._synthesis_params("input", self.input, self.voice, max_chars, names)
+
+    def ignored_fields(self) -> list[str]:
+        """Fields of OpenAI's API given here that change nothing in the audio."""
+        return ["instructions"] if self.instructions else []
 
 
 M = TypeVar("M", bound=BaseModel)

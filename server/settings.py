@@ -7,10 +7,12 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from orpheus_local.config import EngineConfig
+
+from .openai_names import OpenAINames
 
 _ENGINE_DEFAULTS = EngineConfig()
 
@@ -80,6 +82,14 @@ class ServerSettings(BaseSettings):
         "", description="comma-separated addresses whose X-Forwarded-For and X-Forwarded-Proto headers are trusted; "
                         "empty: none")
 
+    # --- OpenAI clients ---
+    openai_voices: dict[str, str] = Field(
+        default_factory=dict, description="OpenAI voice names mapped to trained voices, as JSON, over the default "
+                                          "table (GET /v1/audio/voices shows it), e.g. '{\"alloy\": \"leah\"}'")
+    model_aliases: dict[str, str] = Field(
+        default_factory=dict, description="more model names for /v1/audio/speech, as JSON: name -> served "
+                                          "checkpoint, e.g. '{\"my-tts\": \"orpheus-3b-0.1\"}'")
+
     @field_validator("public_url")
     @classmethod
     def check_public_url(cls, value: str | None) -> str | None:
@@ -94,6 +104,14 @@ class ServerSettings(BaseSettings):
         if not absolute:
             raise ValueError("must be an absolute http(s) URL such as https://tts.example.com")
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def check_openai_names(self) -> "ServerSettings":
+        self.openai_names()  # a voice or alias that names nothing served: a settings error at start-up
+        return self
+
+    def openai_names(self) -> OpenAINames:
+        return OpenAINames.configured(self.openai_voices, self.model_aliases)
 
     def engine_config(self) -> EngineConfig:
         return EngineConfig(

@@ -32,6 +32,7 @@ SynthesizerSource = Synthesizer | Callable[[], Synthesizer]
 class ServerState:
     def __init__(self, settings: ServerSettings):
         self.settings = settings
+        self.openai_names = settings.openai_names()
         self.created = int(time.time())
         self.metrics = Metrics()
         self.admission = Admission(settings.max_in_flight, overloaded=self._codec_overloaded)

@@ -154,6 +154,10 @@ async def test_sigterm_under_load_drains_every_request_then_exits_0(server):
     async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as client:
         # v2 is left out: its results live in memory, and a server that has stopped serves none
         kinds = [kind for kind in KINDS if kind != "v2"]
+        deadline = time.monotonic() + 30
+        while (await scrape(client))["orpheus_requests_in_flight"] > 0:  # the module's earlier clients are gone
+            assert time.monotonic() < deadline, "requests of an earlier test are still in flight"
+            await asyncio.sleep(0.05)
         load = asyncio.create_task(run_load(server.base_url, concurrency=8, requests=8, headers=AUTH, kinds=kinds))
         deadline = time.monotonic() + 30
         while (await scrape(client))["orpheus_requests_in_flight"] < 8:

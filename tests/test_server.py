@@ -26,6 +26,7 @@ from orpheus_local.params import DEFAULT_VOICE, VOICES, SynthesisParams
 from orpheus_local.text.split import part_chars, split_text
 from orpheus_local.tokens import SAMPLES_PER_FRAME
 from orpheus_local.weights.checkpoint import CheckpointError
+from server.openai_names import OPENAI_VOICES
 
 DOCUMENTED = {
     "text": "Today has been... exhausting. <sigh> I need a nap.",
@@ -276,22 +277,22 @@ async def test_voices_and_models():
     async with serve(FakeSynth()) as (client, _):
         voices = await client.get("/v1/audio/voices")
         models = await client.get("/v1/models")
-    assert voices.json() == {"voices": list(VOICES), "default": DEFAULT_VOICE}
+    assert voices.json() == {"voices": list(VOICES), "default": DEFAULT_VOICE, "openai_voices": OPENAI_VOICES}
     body = models.json()
     assert body["object"] == "list"
-    assert {m["id"] for m in body["data"]} == {"orpheus-3b-0.1", "orpheus", "tts-1", "tts-1-hd"}
+    assert {m["id"] for m in body["data"]} == {"orpheus-3b-0.1", "orpheus", "tts-1", "tts-1-hd", "gpt-4o-mini-tts"}
     assert all(m["object"] == "model" for m in body["data"])
 
 
 @pytest.mark.parametrize("payload, status, param, message", [
     ({}, 400, "input", "input: is required"),
     ({"input": ""}, 400, "input", "input: must not be empty"),
-    ({"input": "Hi", "voice": "alloy"}, 400, "voice", "voice: unknown voice 'alloy'"),
+    ({"input": "Hi", "voice": "bob"}, 400, "voice", "voice: unknown voice 'bob'"),
     ({"input": "Hi", "speed": 4.5}, 400, "speed", "speed: Input should be less than or equal to 4"),
     ({"input": "Hi", "response_format": "ogg"}, 400, "response_format", "response_format: Input should be"),
     ({"input": "Hi", "stream_format": "chunks"}, 400, "stream_format", "stream_format: Input should be"),
     ({"input": "Hi", "temperature": 0}, 400, "temperature", "temperature: Input should be greater than"),
-    ({"input": "Hi", "model": "gpt-4o-mini-tts"}, 404, "model", "model 'gpt-4o-mini-tts' not found"),
+    ({"input": "Hi", "model": "gpt-5-tts"}, 404, "model", "model 'gpt-5-tts' not found"),
 ])
 async def test_speech_errors_use_openai_shape(payload, status, param, message):
     async with serve(FakeSynth()) as (client, _):

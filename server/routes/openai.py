@@ -16,7 +16,7 @@ from orpheus_local.params import DEFAULT_VOICE, VOICES
 
 from ..body import JSON, MULTIPART, read_fields
 from ..generation import encoded, pcm_chunks, whole_file
-from ..protocol import SPEECH_MODELS, SpeechRequest, openapi_body, parse
+from ..protocol import SpeechRequest, openapi_body, parse
 from ..state import State
 from ..streaming import start_stream
 
@@ -33,9 +33,11 @@ _AUDIO = {fmt.content_type: {} for fmt in FORMATS.values()}
 async def speech(request: Request, state: State) -> Response:
     synth = state.synthesizer()
     body = parse(SpeechRequest, await read_fields(request, state.settings.max_body_bytes))
-    params = body.synthesis_params(state.settings.max_text_chars)
+    params = body.synthesis_params(state.settings.max_text_chars, state.openai_names)
     request_id = uuid.uuid4().hex
     headers = {"X-Request-Id": request_id}
+    if ignored := body.ignored_fields():
+        headers["X-Ignored-Fields"] = ", ".join(ignored)
     if not body.stream:
         chunks = pcm_chunks(synth, params, request_id, state.metrics, whole_file=True, text_field="input")
         audio = await whole_file(request, state.admission, state.encoders, chunks, body.response_format, body.speed)
@@ -60,15 +62,15 @@ async def _sse_events(audio: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     yield _event({"type": "speech.audio.done"})
 
 
-@router.get("/v1/audio/voices", summary="the voices served")
-async def voices() -> dict:
-    return {"voices": list(VOICES), "default": DEFAULT_VOICE}
+@router.get("/v1/audio/voices", summary="the voices served, and the OpenAI voice names mapped to them")
+async def voices(state: State) -> dict:
+    return {"voices": list(VOICES), "default": DEFAULT_VOICE, "openai_voices": state.openai_names.voices}
 
 
-@router.get("/v1/models", summary="the model names /v1/audio/speech accepts")
+@router.get("/v1/models", summary="the model names /v1/audio/speech accepts (and dated gpt-4o-mini-tts names)")
 async def models(state: State) -> dict:
     return {
         "object": "list",
         "data": [{"id": name, "object": "model", "created": state.created, "owned_by": "canopylabs"}
-                 for name in SPEECH_MODELS],
+                 for name in state.openai_names.model_names()],
     }
