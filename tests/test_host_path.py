@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+import threading
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from orpheus_local.audio.worker import CodecCore
 from orpheus_local.engine.core import EngineCore
 from orpheus_local.engine.driver import EngineDriver
 from orpheus_local.engine.simulated import SimulatedRunner
+from orpheus_local.handoff import Handoff
 from orpheus_local.params import SynthesisParams
 from orpheus_local.pipeline.guards import GuardLimits, RepeatWatch
 from server.generation import encoded
@@ -199,3 +201,26 @@ async def test_ids_that_are_not_audio_ids_fail_their_own_stream_when_the_codec_t
     assert len(np.concatenate([pcm async for pcm in good])) == 3 * fmt.SAMPLES_PER_FRAME
     with pytest.raises(ValueError, match="not an audio id for frame position 1"):
         [pcm async for pcm in bad]
+
+
+async def test_items_taken_on_the_producers_thread_stop_at_the_first_refusal_and_its_error_ends_the_stream():
+    taken, cancels = [], []
+
+    def take(item: int) -> bool:
+        if item == 3:
+            raise ValueError("item 3 is bad")
+        taken.append(item)
+        return True
+
+    def produce() -> None:
+        for i in range(6):
+            stream.put(i)
+        stream.finish()
+
+    stream = Handoff(on_cancel=lambda: cancels.append(True), on_item=take)
+    producer = threading.Thread(target=produce)
+    producer.start()
+    with pytest.raises(ValueError, match="item 3 is bad"):
+        [item async for item in stream]  # nothing arrives here: the items went to take()
+    producer.join()
+    assert taken == [0, 1, 2] and stream.cancelled.is_set() and cancels == [True]  # 4 and 5 were dropped
