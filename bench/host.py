@@ -26,7 +26,6 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import httpx
-import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -37,7 +36,6 @@ from bench.server_process import ROOT, ServeProcess  # noqa: E402
 from bench.target import Target  # noqa: E402
 from orpheus_local.audio.encoders import StreamEncoder  # noqa: E402
 from orpheus_local.audio.simulated import SpeechLikeCodec  # noqa: E402
-from orpheus_local.audio.windows import Window  # noqa: E402
 from orpheus_local.tokens import SAMPLE_RATE  # noqa: E402
 
 TEXT = "Hello there, how are you today?"
@@ -117,8 +115,7 @@ def encoder_ms_per_audio_s(audio_format: str, seconds: float = 10.0, chunk: int 
     """CPU milliseconds per second of audio that the format's encoder alone takes, here, in this
     process: the speech-like stand-in's audio in chunks of `chunk` samples (the floor under what the
     server spends on that format)."""
-    second = SpeechLikeCodec().decode_windows([Window(np.zeros((1, 7), np.int64), 0, 12, 0)])[0]
-    pcm = np.tile(second, int(seconds * SAMPLE_RATE) // len(second) + 1)[:int(seconds * SAMPLE_RATE)]
+    pcm = SpeechLikeCodec().audio(0, int(seconds * SAMPLE_RATE))
     started = time.process_time()
     encoder = StreamEncoder(audio_format)
     for begin in range(0, len(pcm), chunk):

@@ -49,7 +49,7 @@ class OpenAINames:
 
     def voice(self, name: str) -> str:
         """The trained voice an OpenAI voice name stands for; any other name as it is."""
-        return self.voices.get(name.strip().lower(), name) if isinstance(name, str) else name
+        return self.voices.get(name.strip().lower(), name)
 
     def accepts_model(self, name: str) -> bool:
         return name in SPEECH_MODELS or name in self.model_aliases or bool(_DATED.fullmatch(name))

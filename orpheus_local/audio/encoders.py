@@ -141,9 +141,8 @@ class StreamEncoder:
         return self._writer is None and self._tempo is None
 
     def encode(self, pcm: np.ndarray) -> bytes:
-        if self.light:  # to_int16 clips as _clip would
-            out, self._header = self._header + to_int16(pcm).tobytes(), b""
-            return out
+        if self.light:  # straight to the samples: to_int16 clips as _clip would
+            return self._emit(pcm)
         pcm = _clip(pcm)
         return self._emit(self._tempo.process(pcm) if self._tempo else pcm)
 

@@ -29,10 +29,10 @@ class SpeechLikeCodec:
         self._second = _speech_like_second()
 
     def decode_windows(self, windows: Sequence[Window]) -> list[np.ndarray]:
-        return [self._cut(w.start * fmt.SAMPLES_PER_FRAME, w.count * fmt.SAMPLES_PER_FRAME) for w in windows]
+        return [self.audio(w.start * fmt.SAMPLES_PER_FRAME, w.count * fmt.SAMPLES_PER_FRAME) for w in windows]
 
-    def _cut(self, start: int, length: int) -> np.ndarray:
-        """`length` samples of the looped second, from position `start` of the stream."""
+    def audio(self, start: int, length: int) -> np.ndarray:
+        """`length` samples of the looped second, from sample `start` of a stream."""
         n = len(self._second)
         offset = start % n
         return np.tile(self._second, (offset + length) // n + 1)[offset:offset + length]
