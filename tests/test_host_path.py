@@ -75,10 +75,11 @@ async def test_engine_steps_are_counted_and_exported_as_counters():
     try:
         stream = driver.submit([1, 2, 3], SynthesisParams(text="x", seed=1), "r")
         assert len([ids async for ids in stream]) == FRAMES
-        stats = driver.stats()
     finally:
-        driver.close()
-    assert stats["steps"] >= FRAMES * 7 and stats["step_seconds"] > 0
+        driver.close()  # the thread joined: its last step is counted (it ends the stream before counting)
+    stats = driver.stats()
+    # The first step prefills and decodes (2 ids), one id a step after that, and a last step says stop.
+    assert stats["steps"] == FRAMES * 7 and stats["step_seconds"] > 0
 
     metrics = Metrics()
     metrics.watch(in_flight=lambda: 0, queued=lambda: 0, engine=lambda: stats)
