@@ -173,7 +173,9 @@ async def test_sigterm_under_load_drains_every_request_then_exits_0(server):
     exit_status = await asyncio.to_thread(server.wait, 60)
     print(f"\nSIGTERM under load: {Summary.of(outcomes).line()}; exit {exit_status} "
           f"{time.monotonic() - stopped_at:.1f} s after the signal")
-    assert [(o.status, o.complete) for o in outcomes] == [(200, True)] * 8
+    # a 429 before the signal (the codec was behind) is sent again; each request's last answer counts
+    assert {o.status for o in outcomes if not o.final} <= {429}
+    assert [(o.status, o.complete) for o in outcomes if o.final] == [(200, True)] * 8
     for response in turned_away:  # new work goes elsewhere while the server drains
         assert response.status_code == 503 and response.headers["retry-after"]
     assert exit_status == 0
