@@ -14,7 +14,7 @@ from .auth import ApiKeyAuth, load_keys
 from .connections import quiet_accept_errors
 from .metrics import RequestCounter
 from .request_log import AccessLog
-from .routes import openai, ops, segmind
+from .routes import openai, ops, segmind, speech_stream
 from .settings import ServerSettings
 from .state import ServerState, SynthesizerSource
 
@@ -54,7 +54,7 @@ def build_app(
     )
     app.state.server = state
     errors.install(app)
-    for module in (segmind, openai, ops):
+    for module in (segmind, openai, speech_stream, ops):
         app.include_router(module.router)
     app.add_middleware(ApiKeyAuth, keys=keys)
     app.add_middleware(RequestCounter, metrics=state.metrics)  # outside auth: counts 401s too

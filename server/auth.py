@@ -1,17 +1,21 @@
-"""API keys: x-api-key or Authorization: Bearer, on every route but the health probes."""
+"""API keys: x-api-key or Authorization: Bearer, on every route but the health probes; a WebSocket
+may also give ?api_key= (a browser cannot set its headers)."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 from pathlib import Path
 
-from starlette.datastructures import Headers
+from starlette.datastructures import Headers, QueryParams
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .errors import INVALID_KEY, MISSING_KEY, ApiError, error_response
 
 OPEN_PATHS = frozenset({"/health", "/ready"})
+# WebSocket close code for a missing or wrong key (4000-4999 are the application's; 401 inside).
+WS_UNAUTHORIZED = 4401
 # request.state's name for which configured key a request presented (its index): a v2 job is the
 # submitting key's alone.
 CLIENT_KEY = "api_key_index"
@@ -50,9 +54,11 @@ class ApiKeyAuth:
         self.keys = keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.keys or scope["path"] in OPEN_PATHS:
+        if scope["type"] not in ("http", "websocket") or not self.keys or scope["path"] in OPEN_PATHS:
             return await self.app(scope, receive, send)
         key = presented_key(Headers(scope=scope))
+        if key is None and scope["type"] == "websocket":
+            key = QueryParams(scope.get("query_string", b"")).get("api_key") or None
         index = None if key is None else key_index(key, self.keys)
         if key is None:
             error = ApiError(401, MISSING_KEY, code="missing_api_key")
@@ -61,4 +67,16 @@ class ApiKeyAuth:
         else:
             scope.setdefault("state", {})[CLIENT_KEY] = index
             return await self.app(scope, receive, send)
+        if scope["type"] == "websocket":
+            return await _refuse_websocket(error, receive, send)
         await error_response(scope["path"], error)(scope, receive, send)
+
+
+async def _refuse_websocket(error: ApiError, receive: Receive, send: Send) -> None:
+    """Accept, say why in an error event (a browser cannot read a refused handshake's status or a
+    close reason's details), close with WS_UNAUTHORIZED; nothing else happens on the socket."""
+    await receive()  # websocket.connect
+    await send({"type": "websocket.accept"})
+    event = {"type": "error", "message": error.message, "param": None, "code": error.code}
+    await send({"type": "websocket.send", "text": json.dumps(event)})
+    await send({"type": "websocket.close", "code": WS_UNAUTHORIZED, "reason": error.code})

@@ -15,6 +15,9 @@ ever, and enough of them exhaust the file descriptors. This protocol adds:
   when every connection has a request under way, the new one is answered 503 and closed at once. So
   the process never runs out of file descriptors, and slow senders cannot keep others out.
 
+A WebSocket (GuardedWebSocketProtocol) keeps the send deadline: a voice agent that stops reading its
+audio is dropped the same way.
+
 Each kind of closing is logged as one warning per minute at most, with the count since the last.
 """
 
@@ -29,6 +32,7 @@ import time
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +102,16 @@ class ConnectionLimits:
         limits = self
 
         class Guarded(GuardedH11Protocol):
+            pass
+
+        Guarded.limits = limits
+        return Guarded
+
+    def ws_protocol(self) -> type[WebSocketsSansIOProtocol]:
+        """The WebSocket protocol class to give uvicorn.Config(ws=...)."""
+        limits = self
+
+        class Guarded(GuardedWebSocketProtocol):
             pass
 
         Guarded.limits = limits
@@ -184,12 +198,7 @@ class GuardedH11Protocol(H11Protocol):
         path = self.scope["path"] if self.scope else "-"
         self.limits.slow_readers.note(f"{_address(self.client)} {path}")
         self._mark_cut(SLOW_READER)
-        # A reset, not a close: the bytes queued for the client (here and in the kernel) are dropped
-        # now instead of waiting for a reader that is not reading.
-        sock = self.transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        self.transport.abort()
+        _reset(self.transport)
 
     def _mark_cut(self, why: str) -> None:
         if self.cycle is not None and not self.cycle.response_complete:
@@ -200,6 +209,47 @@ class GuardedH11Protocol(H11Protocol):
             if timer is not None:
                 timer.cancel()
         self._receipt_timer = self._send_timer = None
+
+
+class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's WebSocket protocol with the send deadline: a client that reads nothing for
+    send_timeout_s while frames wait to be written is reset, which ends its session."""
+
+    limits: ConnectionLimits  # set on the subclass ConnectionLimits.ws_protocol() makes
+    _send_timer: asyncio.TimerHandle | None = None
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._send_timer is None:
+            self._send_timer = self.loop.call_later(self.limits.send_timeout_s, self._send_expired)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._cancel_send_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_send_timer()
+        super().connection_lost(exc)
+
+    def _cancel_send_timer(self) -> None:
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+
+    def _send_expired(self) -> None:
+        self._send_timer = None
+        if not self.transport.is_closing():
+            self.limits.slow_readers.note(f"{_address(self.client)} {self.scope.get('path', '-')}")
+            _reset(self.transport)
+
+
+def _reset(transport: asyncio.Transport) -> None:
+    """Close with a reset, not a close: the bytes queued for the client (here and in the kernel) are
+    dropped now instead of waiting for a reader that is not reading."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
 
 
 # accept() errors that asyncio reports through the loop's exception handler, with a traceback each

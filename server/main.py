@@ -45,6 +45,9 @@ RESERVED_FDS = 128
 # Connections waiting to be accepted (nginx's default). asyncio accepts up to this many at once,
 # before the cap can close any: the file limit must leave room for one such burst.
 BACKLOG = 511
+# The largest WebSocket message a client may send: a speech session's messages are small JSON (uvicorn
+# would take 16 MiB).
+WS_MAX_MESSAGE_BYTES = 1 << 20
 
 
 def fit_connections(wanted: int) -> int:
@@ -99,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     # access_log off: server/request_log.py writes one richer line per request instead
     server_config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_config=None, access_log=False, http=limits.protocol(),
-        backlog=BACKLOG,
+        ws=limits.ws_protocol(), ws_max_size=WS_MAX_MESSAGE_BYTES, backlog=BACKLOG,
         # X-Forwarded-For and -Proto are believed from the configured proxies only (uvicorn trusts loopback by default)
         proxy_headers=bool(trusted), forwarded_allow_ips=trusted or None,
     )

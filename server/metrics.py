@@ -38,6 +38,8 @@ class Metrics:
                             registry=self.registry)
         self.running = Gauge("orpheus_requests_running", "requests holding a slot in the engine (generating)",
                              registry=self.registry)
+        self.speech_sessions = Gauge("orpheus_speech_sessions", "open speech sessions (WS /v1/audio/speech/stream)",
+                                     registry=self.registry)
         ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, open fds, cpu seconds
 
     def watch(self, in_flight: Callable[[], float], queued: Callable[[], float],

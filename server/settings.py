@@ -52,7 +52,8 @@ class ServerSettings(BaseSettings):
     )
     remaining_credits: Decimal = Field(Decimal(1000), description="value of the X-Remaining-Credits header")
     max_body_bytes: int = Field(1 << 20, ge=1, description="largest request body accepted (413 above)")
-    max_text_chars: int = Field(20000, ge=1, description="longest text one request may have (413 above)")
+    max_text_chars: int = Field(20000, ge=1, description="longest text one request may have (413 above), and the "
+                                                          "most a speech session may hold unspoken")
     receive_timeout_s: float = Field(
         15.0, gt=0, description="seconds a client has to send a whole request (headers and body) before its connection is closed")
     send_timeout_s: float = Field(
@@ -81,6 +82,16 @@ class ServerSettings(BaseSettings):
     trusted_proxies: str = Field(
         "", description="comma-separated addresses whose X-Forwarded-For and X-Forwarded-Proto headers are trusted; "
                         "empty: none")
+
+    # --- speech sessions (WS /v1/audio/speech/stream) ---
+    max_speech_sessions: int = Field(
+        256, ge=1, description="speech sessions open at once; a new one over this is closed with code 1013")
+    session_idle_timeout_s: float = Field(
+        120.0, gt=0, description="a speech session that sends nothing and has nothing left to say for this long is "
+                                 "closed")
+    session_messages_per_s: float = Field(
+        500.0, gt=0, description="messages a speech session may send per second on average (bursts of as many); "
+                                 "faster ones are read more slowly, not refused")
 
     # --- OpenAI clients ---
     openai_voices: dict[str, str] = Field(

@@ -44,6 +44,8 @@ class ServerState:
         self.loaded = asyncio.Event()  # set once loading has ended, ready or failed
         self.draining = False  # stopping: requests in flight finish, new ones get 503
         self.load_error: str | None = None
+        self.speech_sessions = 0  # open on WS /v1/audio/speech/stream
+        self.metrics.speech_sessions.set_function(lambda: self.speech_sessions)
         self.metrics.watch(
             in_flight=lambda: self.admission.count,
             queued=lambda: self.synth.stats()["queued"] if self.synth else 0,

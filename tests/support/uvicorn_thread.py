@@ -23,7 +23,8 @@ def uvicorn_in_thread(synth, **settings):
     app = build_app(synth, server_settings)
     limits = ConnectionLimits(server_settings.receive_timeout_s, server_settings.send_timeout_s,
                               server_settings.max_connections)
-    config = uvicorn.Config(app, log_config=None, access_log=False, http=limits.protocol(), lifespan="on",
+    config = uvicorn.Config(app, log_config=None, access_log=False, http=limits.protocol(), ws=limits.ws_protocol(),
+                            lifespan="on",
                             timeout_graceful_shutdown=1)
     server = uvicorn.Server(config)
     # Bound and listening before the thread starts: a client may connect at once (the kernel queues it).
