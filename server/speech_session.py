@@ -184,6 +184,8 @@ class SpeechSession:
         kind = body.pop("type", None)
         if kind not in MESSAGE_TYPES:
             raise invalid("type", f"unknown message type {kind!r}; one of {', '.join(MESSAGE_TYPES)}")
+        if self.closing and kind != "response.cancel":
+            raise invalid("type", f"{kind} after session.close: the session only finishes what it has")
         if kind == "session.update":
             self._update(body)
         elif kind == "input_text.append":
