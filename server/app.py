@@ -13,8 +13,9 @@ from . import errors
 from .auth import ApiKeyAuth, load_keys
 from .connections import quiet_accept_errors
 from .metrics import RequestCounter
+from .replica_id import ReplicaIdHeader, new_replica_id
 from .request_log import AccessLog
-from .routes import openai, ops, segmind, speech_stream
+from .routes import openai, ops, playground, segmind, speech_stream
 from .settings import ServerSettings
 from .state import ServerState, SynthesizerSource
 
@@ -26,10 +27,12 @@ def build_app(
     settings: ServerSettings,
     *,
     on_load_error: Callable[[BaseException], None] | None = None,
+    replica_id: str | None = None,
 ) -> FastAPI:
     """The app serving `synthesizer`: a loaded Synthesizer, or a function that loads one (called in
     a thread during start-up, so /health answers meanwhile). on_load_error is called if loading or
-    warm-up fails; without it the app stays up and /ready reports the failure."""
+    warm-up fails; without it the app stays up and /ready reports the failure. replica_id: what
+    X-Replica-Id says (a Ray Serve replica's id; unset: a fresh one for this process)."""
     state = ServerState(settings)
     keys = load_keys(settings.api_keys_file)
 
@@ -54,9 +57,10 @@ def build_app(
     )
     app.state.server = state
     errors.install(app)
-    for module in (segmind, openai, speech_stream, ops):
+    for module in (segmind, openai, speech_stream, ops, playground):
         app.include_router(module.router)
     app.add_middleware(ApiKeyAuth, keys=keys)
     app.add_middleware(RequestCounter, metrics=state.metrics)  # outside auth: counts 401s too
-    app.add_middleware(AccessLog)  # outermost: logs every answer, with the time spent in the others
+    app.add_middleware(AccessLog)  # logs every answer, with the time spent in the others
+    app.add_middleware(ReplicaIdHeader, replica_id=replica_id or new_replica_id())  # outermost: on every answer
     return app

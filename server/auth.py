@@ -1,5 +1,5 @@
-"""API keys: x-api-key or Authorization: Bearer, on every route but the health probes; a WebSocket
-may also give ?api_key= (a browser cannot set its headers)."""
+"""API keys: x-api-key or Authorization: Bearer, on every route but the health probes and the
+playground's page; a WebSocket may also give ?api_key= (a browser cannot set its headers)."""
 
 from __future__ import annotations
 
@@ -13,12 +13,17 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .errors import INVALID_KEY, MISSING_KEY, ApiError, error_response
 
-OPEN_PATHS = frozenset({"/health", "/ready"})
+# The probes, and the playground's page and files (server/routes/playground.py): they hold no data, and
+# the page's calls to the API carry a key like any other client's.
+OPEN_PATHS = frozenset({"/health", "/ready", "/", "/playground/playground.js", "/playground/playground.css",
+                        "/playground/tags.json"})
 # WebSocket close code for a missing or wrong key (4000-4999 are the application's; 401 inside).
 WS_UNAUTHORIZED = 4401
-# request.state's name for which configured key a request presented (its index): a v2 job is the
-# submitting key's alone.
+# request.state's name for which configured key a request presented (its index in the keys file).
 CLIENT_KEY = "api_key_index"
+# request.state's name for the SHA-256 hex digest of that key: a v2 job is the submitting key's alone,
+# and the job store knows it by this digest, the same in every server process and after a restart.
+CLIENT_KEY_DIGEST = "api_key_digest"
 
 
 def load_keys(path: Path | None) -> tuple[bytes, ...]:
@@ -52,6 +57,7 @@ class ApiKeyAuth:
     def __init__(self, app: ASGIApp, keys: tuple[bytes, ...]):
         self.app = app
         self.keys = keys
+        self.digests = tuple(hashlib.sha256(known).hexdigest() for known in keys)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket") or not self.keys or scope["path"] in OPEN_PATHS:
@@ -65,7 +71,8 @@ class ApiKeyAuth:
         elif index is None:
             error = ApiError(401, INVALID_KEY, code="invalid_api_key")
         else:
-            scope.setdefault("state", {})[CLIENT_KEY] = index
+            state = scope.setdefault("state", {})
+            state[CLIENT_KEY], state[CLIENT_KEY_DIGEST] = index, self.digests[index]
             return await self.app(scope, receive, send)
         if scope["type"] == "websocket":
             return await _refuse_websocket(error, receive, send)

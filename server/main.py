@@ -71,6 +71,15 @@ def fit_connections(wanted: int) -> int:
 SWITCH_INTERVAL_S = 0.0005
 
 
+def _serve_replicas(settings: ServerSettings) -> int:
+    try:
+        from .replicas import serve_replicas  # Ray: only for those who scale out
+    except ImportError as exc:
+        print(f"error: --replicas needs Ray Serve: pip install 'orpheus-local[scale]' ({exc})", file=sys.stderr)
+        return 2
+    return serve_replicas(settings)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Serve until stopped. Exit status: 0 after a normal stop (SIGTERM or SIGINT, once the requests
     in flight are done), 1 when the model failed to load, 2 for bad settings, a missing or damaged
@@ -90,12 +99,14 @@ def main(argv: list[str] | None = None) -> int:
 
         from .app import build_app
 
-        app = build_app(lambda: Synthesizer.load(config), settings, on_load_error=stop)
+        app = None if settings.replicas else build_app(lambda: Synthesizer.load(config), settings, on_load_error=stop)
     except (SettingsError, ValidationError, CheckpointError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
     log_settings(settings)
+    if settings.replicas:
+        return _serve_replicas(settings)
     limits = ConnectionLimits(settings.receive_timeout_s, settings.send_timeout_s,
                               fit_connections(settings.max_connections))
     trusted = settings.trusted_proxies.strip()

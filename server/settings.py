@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from orpheus_local.config import EngineConfig
 
+from .job_store import check_url
 from .openai_names import OpenAINames
 
 _ENGINE_DEFAULTS = EngineConfig()
@@ -64,7 +65,7 @@ class ServerSettings(BaseSettings):
     max_in_flight: int = Field(256, ge=1, description="requests generating or queued before new ones get 429")
     max_codec_backlog_s: float = Field(
         2.0, gt=0, description="seconds of audio-decoding work queued before new requests get 429")
-    max_jobs: int = Field(1000, ge=1, description="v2 jobs kept in memory (queued, running and finished)")
+    max_jobs: int = Field(1000, ge=1, description="v2 jobs kept in the store (queued, running and finished), counted across the servers sharing it")
     job_ttl_s: float = Field(3600.0, gt=0, description="seconds a finished v2 result is kept")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log verbosity")
     log_format: Literal["text", "json"] = Field("text", description="log lines as text, or as one JSON object each")
@@ -82,6 +83,39 @@ class ServerSettings(BaseSettings):
     trusted_proxies: str = Field(
         "", description="comma-separated addresses whose X-Forwarded-For and X-Forwarded-Proto headers are trusted; "
                         "empty: none")
+
+    # --- v2 job store ---
+    state_dir: Path = Field(
+        Path("~/.local/state/orpheus-local"), validate_default=True,
+        description="directory for the server's state: the v2 job store's SQLite file (jobs.sqlite3) unless "
+                    "--jobs-url says otherwise")
+    jobs_url: str | None = Field(
+        None, description="where v2 jobs and their results are kept, shared by every server that is given the same: "
+                          "redis://[:password@]host[:port][/db] (servers on many machines), or "
+                          "sqlite:///path/to/file; unset: jobs.sqlite3 under --state-dir (the servers of one machine)")
+
+    @field_validator("state_dir")
+    @classmethod
+    def expand_state_dir(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @field_validator("jobs_url")
+    @classmethod
+    def check_jobs_url(cls, value: str | None) -> str | None:
+        return check_url(value) if value else None
+
+    # --- replicas on Ray Serve ---
+    replicas: int = Field(
+        0, ge=0, description="serve through Ray Serve with this many replicas, each with its own engine (one GPU each "
+                             "on CUDA); 0: one process, no Ray")
+    max_replicas: int | None = Field(
+        None, ge=1, description="with --replicas: let Ray Serve autoscale between --replicas and this many")
+    target_ongoing_requests: float | None = Field(
+        None, gt=0, description="with --max-replicas: requests under way per replica that autoscaling aims at; "
+                                "unset: half of --max-in-flight")
+    ray_address: str | None = Field(
+        None, description="with --replicas: join this Ray cluster (e.g. auto, or ray://head:10001) instead of "
+                          "starting one on this machine")
 
     # --- speech sessions (WS /v1/audio/speech/stream) ---
     max_speech_sessions: int = Field(
@@ -115,6 +149,14 @@ class ServerSettings(BaseSettings):
         if not absolute:
             raise ValueError("must be an absolute http(s) URL such as https://tts.example.com")
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def check_replicas(self) -> "ServerSettings":
+        if self.max_replicas is not None and self.max_replicas < max(self.replicas, 1):
+            raise ValueError("max_replicas must be at least replicas (and --replicas at least 1 to autoscale)")
+        if (self.ray_address or self.target_ongoing_requests) and not self.replicas:
+            raise ValueError("ray_address and target_ongoing_requests need --replicas")
+        return self
 
     @model_validator(mode="after")
     def check_openai_names(self) -> "ServerSettings":

@@ -17,7 +17,8 @@ from orpheus_local.weights.checkpoint import CheckpointError
 from .encoding import EncoderPool
 from .errors import not_ready, shutting_down
 from .generation import Admission
-from .jobs import JobStore
+from .job_store import backend_for
+from .jobs import JobStore, JobStoreError
 from .metrics import Metrics
 from .settings import ServerSettings
 
@@ -37,7 +38,9 @@ class ServerState:
         self.metrics = Metrics()
         self.admission = Admission(settings.max_in_flight, overloaded=self._codec_overloaded)
         self.encoders = EncoderPool()
-        self.jobs = JobStore(self.admission, self.encoders, settings.max_jobs, settings.job_ttl_s)
+        # Opened at start-up, in load(): nothing is read or written until then.
+        self.jobs = JobStore(self.admission, self.encoders, backend_for(settings.jobs_url, settings.state_dir),
+                             settings.max_jobs, settings.job_ttl_s)
         self.synth: Synthesizer | None = None
         self.owns_synth = False
         self.ready = False
@@ -69,8 +72,10 @@ class ServerState:
         return self.synth
 
     async def load(self, source: SynthesizerSource, on_error: Callable[[BaseException], None] | None) -> None:
-        """Load (in a thread, so the event loop keeps answering /health), warm up, then mark ready."""
+        """Open the v2 job store, load (in a thread, so the event loop keeps answering /health), warm
+        up, then mark ready."""
         try:
+            await self.jobs.open()  # first: a store that cannot be reached fails the start-up at once
             if callable(source):
                 self.synth, self.owns_synth = await asyncio.to_thread(source), True
             else:
@@ -82,6 +87,8 @@ class ServerState:
         except Exception as exc:
             if isinstance(exc, CheckpointError):
                 log.error("cannot load the model: %s", exc)
+            elif isinstance(exc, JobStoreError):
+                log.error("%s", exc)
             else:
                 log.exception("cannot load the model")
             self.load_error = str(exc)

@@ -17,6 +17,15 @@ torch.set_num_threads(1)
 TEST_BACKEND = os.environ.get("ORPHEUS_TEST_BACKEND", "engine")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def state_dir_outside_home(tmp_path_factory):
+    """Every server the tests start, in process or not, keeps its v2 job store in a temporary
+    directory, never under the home directory."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ORPHEUS_STATE_DIR", str(tmp_path_factory.mktemp("state")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def demo_dirs(tmp_path_factory):
     """(model_dir, snac_dir) of the tiny demo checkpoint, saved in the Hugging Face layout."""

@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 import uvicorn
-from support.asgi import wait_ready
+from support.asgi import serve, wait_ready
 from support.process import ServerProcess, free_port, start_server
 from support.wav import wav_samples
 
@@ -58,6 +58,9 @@ class HeldSynth:
 
     def codec_backlog_s(self) -> float:
         return 0.0
+
+    def problem(self) -> str | None:
+        return None
 
     def close(self) -> None:
         self.closed = True
@@ -242,3 +245,19 @@ def test_a_second_signal_exits_at_once(demo_dirs):
         server.stop()
     assert code == 128 + signal.SIGTERM, server.output
     assert "SIGTERM again: exiting now" in server.output
+
+
+@pytest.mark.parametrize("part,problem", [("backend", "the engine thread has stopped"),
+                                          ("codec_worker", "the audio decoder thread has stopped")])
+async def test_ready_fails_once_a_thread_the_server_needs_has_stopped(demo_config, part, problem):
+    from orpheus_local.pipeline.synthesizer import Synthesizer
+
+    synth = Synthesizer.load(demo_config)
+    try:
+        async with serve(synth) as (client, _):
+            assert (await client.get("/ready")).status_code == 200
+            getattr(synth, part).close()
+            ready = await client.get("/ready")
+            assert ready.status_code == 503 and ready.json() == {"status": "failed", "error": problem}
+    finally:
+        synth.close()

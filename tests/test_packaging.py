@@ -101,7 +101,8 @@ def test_cuda_runtime_base_with_the_matching_cuda_build_of_torch(dockerfile):
     # the torch release the tests run on (.ci/run installs its CPU build)
     ci_torch = re.search(r'"torch==([\d.]+)"', (ROOT / ".ci/run").read_text())[1]
     assert args["TORCH_VERSION"] == ci_torch
-    assert any(r.endswith("pip install .") for r in builder.all("RUN"))
+    # the project itself; with --build-arg EXTRAS=scale, with those extras
+    assert any(re.search(r"pip install \.(;|$)", r) and 'pip install ".[$EXTRAS]"' in r for r in builder.all("RUN"))
 
 
 def test_final_stage_has_no_compilers_and_runs_as_a_user(dockerfile):
@@ -116,9 +117,10 @@ def test_final_stage_has_no_compilers_and_runs_as_a_user(dockerfile):
     assert instructions.index("USER") < instructions.index("ENTRYPOINT")
 
 
-def test_weights_are_a_volume_and_the_settings_orpheus_variables(dockerfile):
+def test_weights_and_the_job_store_are_volumes_and_the_settings_orpheus_variables(dockerfile):
     _, (builder, runtime) = dockerfile
-    assert runtime.one("VOLUME") == "/weights"
+    assert runtime.one("VOLUME").split() == ["/weights", "/state"]
+    assert runtime.env()["ORPHEUS_STATE_DIR"] == "/state" and "chown orpheus:orpheus /state" in " ".join(runtime.all("RUN"))
     copied = " ".join(stage_copy for stage in (builder, runtime) for stage_copy in stage.all("COPY"))
     assert "weights" not in copied
     env = runtime.env()

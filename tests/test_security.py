@@ -19,7 +19,7 @@ from server.app import build_app
 from server.settings import ServerSettings
 
 KEYS = ("key-alpha-0123456789", "key-bravo-9876543210", "key-charlie-5555")
-OPEN_ROUTES = {"/health", "/ready"}
+OPEN_ROUTES = set(auth.OPEN_PATHS)
 
 
 @pytest.fixture
@@ -182,7 +182,7 @@ async def test_one_key_cannot_read_another_keys_job(keys_file):
     async with serve(FakeSynth(), api_keys_file=keys_file) as (client, app):
         job = (await client.post(V2, json=SHORT, headers=alpha)).json()
         job_id = job["request_id"]
-        await app.state.server.jobs.get(job_id, owner=0).task
+        await app.state.server.jobs.get(job_id, owner=hashlib.sha256(KEYS[0].encode()).hexdigest()).task
         urls = [job["status_url"], job["response_url"], f"/v1/requests/{job_id}", f"/v2/requests/{job_id}/output.wav"]
         as_bravo = [await client.get(url, headers=bravo) for url in urls]
         as_alpha = [await client.get(url, headers=alpha) for url in urls]

@@ -4,6 +4,7 @@ built from public_url rather than from whatever Host a request sends."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 
 import pytest
 from pydantic import ValidationError
@@ -13,6 +14,7 @@ from server.settings import ServerSettings
 
 KEYS = ("key-alpha-0123456789", "key-bravo-9876543210")
 ALPHA, BRAVO = {"x-api-key": KEYS[0]}, {"authorization": f"Bearer {KEYS[1]}"}
+ALPHA_OWNER = hashlib.sha256(KEYS[0].encode()).hexdigest()  # what the job store knows the key by
 
 
 class Clock:
@@ -36,7 +38,7 @@ def not_found(job_id: str) -> dict:
     return {"error": f"request {job_id} not found (results are kept 1 h)"}
 
 
-async def submit_and_finish(client, app, headers: dict | None = None, owner: int | None = None) -> str:
+async def submit_and_finish(client, app, headers: dict | None = None, owner: str | None = None) -> str:
     response = await client.post(V2, json=SHORT, headers=headers)
     assert response.status_code == 200, response.text
     job_id = response.json()["request_id"]
@@ -47,9 +49,9 @@ async def submit_and_finish(client, app, headers: dict | None = None, owner: int
 async def test_one_key_at_its_quota_gets_429_until_its_oldest_result_expires(keys_file):
     async with serve(FakeSynth(), api_keys_file=keys_file, max_jobs_per_key=2) as (client, app):
         clock = app.state.server.jobs.clock = Clock(1000.0)
-        await submit_and_finish(client, app, ALPHA, owner=0)  # finished at 1000
+        await submit_and_finish(client, app, ALPHA, owner=ALPHA_OWNER)  # finished at 1000
         clock.now = 1030.0
-        await submit_and_finish(client, app, ALPHA, owner=0)  # finished at 1030
+        await submit_and_finish(client, app, ALPHA, owner=ALPHA_OWNER)  # finished at 1030
         clock.now = 1250.5
         refused = await client.post(V2, json=SHORT, headers=ALPHA)
         other_key = await client.post(V2, json=SHORT, headers=BRAVO)
@@ -113,7 +115,7 @@ async def test_delete_cancels_a_running_job_and_its_urls_answer_404_from_then_on
 
 async def test_delete_of_another_keys_job_or_of_an_unknown_id_is_404(keys_file):
     async with serve(FakeSynth(), api_keys_file=keys_file) as (client, app):
-        job_id = await submit_and_finish(client, app, ALPHA, owner=0)
+        job_id = await submit_and_finish(client, app, ALPHA, owner=ALPHA_OWNER)
         as_bravo = await client.delete(f"/v2/requests/{job_id}", headers=BRAVO)
         still_there = await client.get(f"/v2/requests/{job_id}", headers=ALPHA)
         unknown = await client.delete("/v2/requests/unknown-id", headers=ALPHA)
@@ -129,7 +131,7 @@ async def test_delete_of_another_keys_job_or_of_an_unknown_id_is_404(keys_file):
 
 async def test_deleting_a_result_frees_a_place_in_its_keys_quota(keys_file):
     async with serve(FakeSynth(), api_keys_file=keys_file, max_jobs_per_key=1) as (client, app):
-        job_id = await submit_and_finish(client, app, ALPHA, owner=0)
+        job_id = await submit_and_finish(client, app, ALPHA, owner=ALPHA_OWNER)
         refused = await client.post(V2, json=SHORT, headers=ALPHA)
         deleted = await client.delete(f"/v2/requests/{job_id}", headers=ALPHA)
         accepted = await client.post(V2, json=SHORT, headers=ALPHA)

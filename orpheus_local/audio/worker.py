@@ -254,6 +254,10 @@ class CodecWorker:
     def open(self, noise_key: int | None = None, *, whole_file: bool = False) -> AudioStream:
         return self.core.open(noise_key, whole_file=whole_file)
 
+    def alive(self) -> bool:
+        """The codec thread is running (started and not closed)."""
+        return self._thread is not None and self._thread.is_alive() and not self._stopping
+
     def backlog_seconds(self) -> float:
         """CodecCore.backlog_seconds(): any thread."""
         return self.core.backlog_seconds()

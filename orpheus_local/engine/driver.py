@@ -65,6 +65,10 @@ class EngineDriver:
     def max_prompt_tokens(self) -> int:
         return self.core.max_prompt_tokens
 
+    def alive(self) -> bool:
+        """The engine thread is running (started and not closed)."""
+        return self._thread is not None and self._thread.is_alive() and not self._closing
+
     def stats(self) -> dict:
         """The scheduler's counts, and `steps` / `step_seconds`: engine steps so far and their wall time."""
         return {**self.core.stats(), "steps": self._steps, "step_seconds": self._step_seconds}

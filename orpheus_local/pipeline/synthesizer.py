@@ -193,6 +193,14 @@ class Synthesizer:
     def stats(self) -> dict:
         return self.backend.stats()
 
+    def problem(self) -> str | None:
+        """Why this synthesizer cannot serve any more (a thread it needs has stopped), or None."""
+        if not self.backend.alive():
+            return "the engine thread has stopped"
+        if not self.codec_worker.alive():
+            return "the audio decoder thread has stopped"
+        return None
+
     def codec_backlog_s(self) -> float:
         """Seconds of audio decoding the codec worker is behind on (any thread; cheap)."""
         return self.codec_worker.backlog_seconds()

@@ -79,6 +79,10 @@ class ReferenceBackend:
             self._queue.put_nowait((stream, prompt_ids, params, ignore_eos, max_tokens))
         return stream
 
+    def alive(self) -> bool:
+        """The worker thread is running (started and not closed)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def stats(self) -> dict:
         return {"queued": self._queue.qsize(), "running": self._running}
 

@@ -25,6 +25,8 @@ async def health() -> dict:
 async def ready(state: State) -> JSONResponse:
     if state.draining:
         body = {"status": "draining"}
+    elif state.ready and (problem := state.synth.problem()) is not None:
+        body = {"status": "failed", "error": problem}  # a thread it needs has stopped: replace this server
     elif state.ready:
         return JSONResponse({"status": "ready"})
     else:

@@ -10,11 +10,11 @@ from fastapi.responses import JSONResponse, Response
 
 from orpheus_local.audio.encoders import StreamEncoder
 
-from ..auth import CLIENT_KEY
+from ..auth import CLIENT_KEY_DIGEST
 from ..body import JSON, MULTIPART, SEGMIND_UNSUPPORTED_MEDIA_TYPE, read_fields
 from ..errors import SERVED_MODEL, ApiError
 from ..generation import encoded, pcm_chunks, whole_file
-from ..jobs import COMPLETED, FAILED, Job
+from ..jobs import COMPLETED, FAILED, StoredJob
 from ..protocol import SegmindRequest, openapi_body, parse
 from ..state import State
 from ..streaming import start_stream
@@ -56,8 +56,8 @@ async def submit(request: Request, state: State) -> dict:
     synth = state.synthesizer()
     body = await _read(request, state)
     params = body.synthesis_params(state.settings.max_text_chars, state.openai_names)
-    job = state.jobs.submit(lambda job_id: pcm_chunks(synth, params, job_id, state.metrics, whole_file=True), speed=body.speed,
-                            owner=_client(request), quota=state.settings.max_jobs_per_key)
+    job = await state.jobs.submit(lambda job_id: pcm_chunks(synth, params, job_id, state.metrics, whole_file=True),
+                                  speed=body.speed, owner=_client(request), quota=state.settings.max_jobs_per_key)
     status_url = _link(request, state, "job_status", job.id)
     return {
         "request_id": job.id,
@@ -68,9 +68,9 @@ async def submit(request: Request, state: State) -> dict:
     }
 
 
-def _client(request: Request) -> int | None:
-    """The API key the request presented (its index); None on an open server."""
-    return getattr(request.state, CLIENT_KEY, None)
+def _client(request: Request) -> str | None:
+    """The API key the request presented (its digest: what owns a job); None on an open server."""
+    return getattr(request.state, CLIENT_KEY_DIGEST, None)
 
 
 def _link(request: Request, state: State, name: str, request_id: str) -> str:
@@ -86,21 +86,22 @@ def _not_found(state: State, request_id: str) -> ApiError:
     return ApiError(404, f"request {shown} not found (results are kept {hours:g} h)", code="not_found")
 
 
-def _job(state: State, request_id: str, request: Request) -> Job:
-    job = state.jobs.get(request_id, owner=_client(request))
+async def _job(state: State, request_id: str, request: Request) -> StoredJob:
+    """The job from the store shared by every server process: any of them answers for any job."""
+    job = await state.jobs.find(request_id, owner=_client(request))
     if job is None:
         raise _not_found(state, request_id)
     return job
 
 
-def _failed(job: Job, body: dict) -> JSONResponse:
+def _failed(job: StoredJob, body: dict) -> JSONResponse:
     # Segmind answers a FAILED job with 422 and the failure in the body.
     return JSONResponse({**body, "error": job.error}, status_code=422)
 
 
 @router.get("/v2/requests/{request_id}/status", name="job_status", summary="a job's status")
 async def job_status(request_id: str, request: Request, state: State):
-    job = _job(state, request_id, request)
+    job = await _job(state, request_id, request)
     body = {
         "request_id": job.id,
         "status": job.status,
@@ -114,7 +115,7 @@ async def job_status(request_id: str, request: Request, state: State):
 @router.get("/v2/requests/{request_id}", name="job_result", summary="a job's result: output is the audio's URL")
 @router.get("/v1/requests/{request_id}", name="job_result_v1", summary="a job's result (older poll path)")
 async def job_result(request_id: str, request: Request, state: State):
-    job = _job(state, request_id, request)
+    job = await _job(state, request_id, request)
     body = {"request_id": job.id, "status": job.status, "metrics": job.metrics(state.jobs.clock())}
     if job.status == FAILED:
         return _failed(job, body)
@@ -127,7 +128,7 @@ async def job_result(request_id: str, request: Request, state: State):
                summary="forget a job, cancelling its generation if still queued or running: 200 with "
                        "{request_id, status: DELETED}; its URLs answer 404 from then on")
 async def job_delete(request_id: str, request: Request, state: State) -> dict:
-    if await state.jobs.delete(request_id, owner=_client(request)) is None:
+    if not await state.jobs.delete(request_id, owner=_client(request)):
         raise _not_found(state, request_id)
     return {"request_id": request_id, "status": "DELETED"}
 
@@ -135,7 +136,9 @@ async def job_delete(request_id: str, request: Request, state: State) -> dict:
 @router.get("/v2/requests/{request_id}/output.wav", name="job_output", summary="a completed job's audio",
             response_class=Response, responses=_WAV)
 async def job_output(request_id: str, request: Request, state: State) -> Response:
-    job = _job(state, request_id, request)
+    job = await _job(state, request_id, request)
     if job.status != COMPLETED:
         raise ApiError(404, f"request {request_id} has no audio: it is {job.status}", code="not_found")
-    return Response(job.audio, media_type="audio/wav")
+    if (audio := await state.jobs.audio(job.id)) is None:  # deleted, or expired, since
+        raise _not_found(state, request_id)
+    return Response(audio, media_type="audio/wav")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import tempfile
 import time
 from contextlib import asynccontextmanager
 
@@ -52,18 +53,23 @@ class FakeSynth:
     def codec_backlog_s(self) -> float:
         return 0.0
 
+    def problem(self) -> str | None:
+        return None
+
 
 @asynccontextmanager
 async def serve(synth, base_url: str = "http://testserver", on_load_error=None, **settings):
     """(client, app) for a started app; returns once loading has ended, unless synth is a loader
     (a callable) whose test watches the loading itself."""
     settings.setdefault("warmup", False)
-    app = build_app(synth, ServerSettings(**settings), on_load_error=on_load_error)
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=base_url) as client:
-            if not callable(synth):
-                await wait_ready(app)
-            yield client, app
+    with tempfile.TemporaryDirectory(prefix="orpheus-state-") as state_dir:  # the job store's, not the home's
+        settings.setdefault("state_dir", state_dir)
+        app = build_app(synth, ServerSettings(**settings), on_load_error=on_load_error)
+        async with app.router.lifespan_context(app):
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=base_url) as client:
+                if not callable(synth):
+                    await wait_ready(app)
+                yield client, app
 
 
 async def wait_ready(app, timeout: float = 60.0) -> None:

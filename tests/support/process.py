@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ class ServerProcess:
     base_url: str
     lines: list[str] = field(default_factory=list)
     reader: threading.Thread | None = None  # collects the output into lines
+    state_dir: tempfile.TemporaryDirectory | None = None  # the server's --state-dir, when the test gave none
 
     @property
     def output(self) -> str:
@@ -82,9 +84,14 @@ def start_server(*flags: str, ready_timeout: float = 180, threads: int = 1) -> S
     """`orpheus-local serve FLAGS --port <free>`, returned once /ready answers 200."""
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    state_dir = None
+    if "--state-dir" not in flags and "ORPHEUS_STATE_DIR" not in env:
+        # The v2 job store in a directory of the test's, removed once unused: never in the home directory.
+        state_dir = tempfile.TemporaryDirectory(prefix="orpheus-state-")
+        flags = (*flags, "--state-dir", state_dir.name)
     process = subprocess.Popen(serve_command(*flags, "--port", str(port)), stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, env=env)
-    server = ServerProcess(process, f"http://127.0.0.1:{port}")
+    server = ServerProcess(process, f"http://127.0.0.1:{port}", state_dir=state_dir)
     server.reader = threading.Thread(target=_collect, args=(process, server.lines), daemon=True)
     server.reader.start()
     deadline = time.monotonic() + ready_timeout

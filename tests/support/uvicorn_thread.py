@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import tempfile
 import threading
 from contextlib import contextmanager
 
@@ -14,11 +15,15 @@ from server.app import build_app
 from server.connections import ConnectionLimits
 from server.settings import ServerSettings
 
+from .asgi import wait_ready
+
 
 @contextmanager
 def uvicorn_in_thread(synth, **settings):
     """(app, port, loop) while the server runs; stopped (and its thread joined) on exit."""
     settings.setdefault("warmup", False)
+    state_dir = tempfile.TemporaryDirectory(prefix="orpheus-state-")  # the job store's, not the home's
+    settings.setdefault("state_dir", state_dir.name)
     server_settings = ServerSettings(**settings)
     app = build_app(synth, server_settings)
     limits = ConnectionLimits(server_settings.receive_timeout_s, server_settings.send_timeout_s,
@@ -46,11 +51,14 @@ def uvicorn_in_thread(synth, **settings):
     thread.start()
     assert loop_known.wait(30)
     try:
+        # Loading opens the v2 job store first (a thread hop): ready a moment after the lifespan starts.
+        asyncio.run_coroutine_threadsafe(wait_ready(app), loops[0]).result(timeout=60)
         yield app, sock.getsockname()[1], loops[0]
     finally:
         server.should_exit = True
         thread.join(timeout=30)
         sock.close()
+        state_dir.cleanup()
 
 
 def call_in_loop(loop: asyncio.AbstractEventLoop, fn, *args):

@@ -1,0 +1,151 @@
+"""`orpheus-local serve --replicas N`: the same app on N Ray Serve replicas behind Ray's HTTP proxy.
+
+Each replica is one process holding its own engine and codec (one GPU each on CUDA, one CPU core
+each otherwise) and serving the whole FastAPI app: every route, contract and stream is the same as
+one server's, and every response carries X-Replica-Id. Ray's proxy listens on --host/--port and
+sends each request to the replica with the fewest requests under way; a replica takes at most
+--max-in-flight at once (the engine's admission limit), and as many requests as all replicas can
+take wait in Ray's queue, beyond which the proxy answers 503. --max-replicas turns on Ray's autoscaling between --replicas and it,
+aiming at --target-ongoing-requests per replica.
+
+A replica is healthy while its engine and codec threads run (Synthesizer.problem()); Ray replaces
+one that is not, or whose process died. SIGTERM (or SIGINT) deletes the application: each replica
+stops taking requests, finishes those under way for --shutdown-grace-s at most, and closes its
+engine; then the command exits 0.
+
+`serve run deploy/serve.yaml` builds the same application from a config file (build_application).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+
+import ray
+from ray import serve
+from ray.serve.metrics import Gauge
+
+from .app import build_app
+from .settings import ServerSettings
+from .state import WARMUP
+
+log = logging.getLogger(__name__)
+
+APP_NAME = "orpheus"
+HEALTH_CHECK_PERIOD_S = 5.0
+METRICS_PERIOD_S = 1.0
+
+
+@serve.deployment(name="OrpheusReplica", health_check_period_s=HEALTH_CHECK_PERIOD_S, health_check_timeout_s=30)
+@serve.ingress()
+class OrpheusReplica:
+    """One replica: loads and warms up its synthesizer before Ray sends it any request."""
+
+    async def __init__(self, settings: dict):
+        # torch is imported in the replica only
+        from orpheus_local.pipeline.synthesizer import Synthesizer
+
+        self.settings = ServerSettings(**settings)
+        self.synth = await asyncio.to_thread(Synthesizer.load, self.settings.engine_config())
+        if self.settings.warmup:
+            await self.synth.synthesize(WARMUP, "warmup")
+        self._replica_id = serve.get_replica_context().replica_id.unique_id
+        self._orpheus_app = None
+        self._exporting = asyncio.create_task(self._export_metrics())
+
+    def __serve_build_asgi_app__(self):
+        # Loaded and warmed up already: the app is ready from its first request.
+        self._orpheus_app = build_app(self.synth, self.settings.model_copy(update={"warmup": False}),
+                             replica_id=self._replica_id)
+        return self._orpheus_app
+
+    async def check_health(self) -> None:
+        """Ray's health check: raising marks this replica unhealthy, and Ray replaces it."""
+        if (problem := self.synth.problem()) is not None:
+            raise RuntimeError(problem)
+
+    async def _export_metrics(self) -> None:
+        """The load gauges through Ray's metrics export, where each carries its replica's tag: what
+        Prometheus scrapes per node (the proxy's /metrics answers from one replica at a time)."""
+        gauges = {name: Gauge(f"orpheus_replica_{name}", description)
+                  for name, description in (("requests_in_flight", "requests generating or waiting for the engine"),
+                                            ("requests_queued", "requests waiting for a slot in the engine"),
+                                            ("requests_running", "requests holding a slot in the engine"),
+                                            ("speech_sessions", "open speech sessions"))}
+        while True:
+            if self._orpheus_app is not None:
+                state = self._orpheus_app.state.server
+                stats = self.synth.stats()
+                gauges["requests_in_flight"].set(state.admission.count)
+                gauges["requests_queued"].set(stats.get("queued", 0))
+                gauges["requests_running"].set(stats.get("running", 0))
+                gauges["speech_sessions"].set(state.speech_sessions)
+            await asyncio.sleep(METRICS_PERIOD_S)
+
+    def __del__(self):
+        self.synth.close()
+
+
+def deployment_options(settings: ServerSettings, gpus: bool) -> dict:
+    """Ray Serve options from the server's settings."""
+    options = {
+        "max_ongoing_requests": settings.max_in_flight,
+        # as many waiting, at most, as all the replicas can take at once; then the proxy answers 503
+        "max_queued_requests": settings.max_in_flight * max(settings.replicas, settings.max_replicas or 0),
+        "graceful_shutdown_timeout_s": settings.shutdown_grace_s,
+        "ray_actor_options": {"num_gpus": 1} if gpus else {"num_cpus": 1},
+    }
+    if settings.max_replicas:
+        options["autoscaling_config"] = {
+            "min_replicas": settings.replicas, "max_replicas": settings.max_replicas,
+            "target_ongoing_requests": settings.target_ongoing_requests or settings.max_in_flight / 2,
+        }
+    else:
+        options["num_replicas"] = settings.replicas
+    return options
+
+
+def _wants_gpus(settings: ServerSettings) -> bool:
+    if settings.device is not None:
+        return settings.device.startswith("cuda")
+    return ray.cluster_resources().get("GPU", 0) >= 1  # unset: cuda where the cluster has GPUs
+
+
+def build_application(args: dict) -> serve.Application:
+    """For `serve run deploy/serve.yaml`: args are the server's settings by name (weights, demo,
+    replicas, max_in_flight, ...)."""
+    settings = ServerSettings(**args)
+    replica = OrpheusReplica.options(**deployment_options(settings, _wants_gpus(settings)))
+    return replica.bind(settings.model_dump(mode="json"))
+
+
+def serve_replicas(settings: ServerSettings) -> int:
+    """Start (or join, with --ray-address) a Ray cluster, deploy the replicas behind the proxy on
+    host:port, and serve until SIGTERM or SIGINT; exit status 0 after a drained stop."""
+    stop = threading.Event()
+    joined = settings.ray_address is not None
+    if settings.demo:  # built once here, not by each replica at the same time
+        from orpheus_local.weights.demo import build_demo_checkpoint
+
+        build_demo_checkpoint(settings.demo_dir)
+    # A cluster of this machine alone listens on loopback only; one joined is reached as it is set up.
+    local = {} if joined else {"_node_ip_address": "127.0.0.1"}
+    ray.init(address=settings.ray_address, include_dashboard=False, logging_level=logging.WARNING,
+             runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}, **local)
+    for sig in (signal.SIGTERM, signal.SIGINT):  # after ray.init(), which installs handlers of its own
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        serve.start(http_options={"host": settings.host, "port": settings.port})
+        serve.run(build_application(settings.model_dump(mode="json")), name=APP_NAME, route_prefix="/")
+        log.info("serving %d replica(s) on http://%s:%d", settings.replicas, settings.host, settings.port)
+        stop.wait()
+        log.info("stopping: the replicas finish what is under way (%g s at most)", settings.shutdown_grace_s)
+        serve.delete(APP_NAME)
+        if not joined:
+            serve.shutdown()
+    finally:
+        ray.shutdown()
+    log.info("stopped")
+    return 0
