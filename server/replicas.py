@@ -131,7 +131,8 @@ def serve_replicas(settings: ServerSettings) -> int:
 
         build_demo_checkpoint(settings.demo_dir)
     # A cluster of this machine alone listens on loopback only; one joined is reached as it is set up.
-    local = {} if joined else {"_node_ip_address": "127.0.0.1"}
+    # Ray runs its workers at niceness 15: a replica is the server's work, not background work.
+    local = {} if joined else {"_node_ip_address": "127.0.0.1", "_system_config": {"worker_niceness": 0}}
     ray.init(address=settings.ray_address, include_dashboard=False, logging_level=logging.WARNING,
              runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}, **local)
     for sig in (signal.SIGTERM, signal.SIGINT):  # after ray.init(), which installs handlers of its own
