@@ -24,6 +24,7 @@ from orpheus_local.weights.checkpoint import (
 )
 
 from .connections import ConnectionLimits
+from .gil import favour_the_engine_thread
 from .lifecycle import GracefulServer
 from .logs import configure_logging, log_settings
 from .settings import ServerSettings
@@ -67,8 +68,6 @@ def fit_connections(wanted: int) -> int:
         log.warning("max_connections lowered from %d to %d to fit the file limit (%d)", wanted, fitted, soft)
     return fitted
 
-
-SWITCH_INTERVAL_S = 0.0005
 
 
 def _serve_replicas(settings: ServerSettings) -> int:
@@ -117,10 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         # X-Forwarded-For and -Proto are believed from the configured proxies only (uvicorn trusts loopback by default)
         proxy_headers=bool(trusted), forwarded_allow_ips=trusted or None,
     )
-    # A thread that wants the GIL gets it after the holder has run this long (5 ms by default).
-    # The engine thread wants it back after every device step, and everyone waits on that thread:
-    # 5 ms on top of a 10 ms step would cost a third of the throughput.
-    sys.setswitchinterval(SWITCH_INTERVAL_S)
+    favour_the_engine_thread()
     server = GracefulServer(server_config, app.state.server, settings.shutdown_grace_s)
     server.run()
     if failures:
