@@ -27,6 +27,9 @@ class EngineConfig:
     # "./" marks the defaults as local paths: "weights/x" alone would also read as a hub id.
     model: str = f"./{DEFAULT_WEIGHTS_DIR / MODEL_SUBDIR}"  # directory or hub id
     snac: str = f"./{DEFAULT_WEIGHTS_DIR / SNAC_SUBDIR}"
+    # The checkpoint's voice names, the first the default; None: its voices.json, else the English
+    # fine-tune's (voices.py).
+    voices: tuple[str, ...] | None = None
     demo: bool = False  # build and use random weights of the real layout
     demo_dir: Path = Path.home() / ".cache" / "orpheus-local" / "demo"
     device: str | None = None  # None: cuda when present, else cpu

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
+import unicodedata
 from dataclasses import dataclass, fields
 
 from orpheus_local.errors import InputError
 from orpheus_local.text.tags import check_tags
 
+# The English fine-tune's voices (a checkpoint may declare others: voices.py). Segmind lists josh and
+# emma; they are not trained speakers, the name is passed through as prefix.
 TRAINED_VOICES = ("tara", "leah", "jess", "leo", "dan", "mia", "zac", "zoe")
-# Segmind lists josh and emma; they are not trained speakers, the name is passed through as prefix.
 VOICES = TRAINED_VOICES + ("josh", "emma")
 DEFAULT_VOICE = "dan"
 
@@ -45,13 +47,14 @@ class SynthesisParams:
         except UnicodeEncodeError:  # a lone surrogate (JSON can escape one): no tokenizer takes it
             raise InputError("text", "must be valid Unicode (it has a lone surrogate)") from None
         check_tags(self.text)
+        # Only the voice's form: which names exist depends on the checkpoint, and the Synthesizer
+        # serving it checks them (None: no voice, the prompt is the text alone).
         if self.voice is not None:
             if not isinstance(self.voice, str):
                 raise InputError("voice", "must be a string")
-            voice = self.voice.strip().lower()
-            if voice not in VOICES:
-                raise InputError("voice", f"unknown voice {self.voice!r}; choose one of {', '.join(VOICES)}")
-            object.__setattr__(self, "voice", voice)
+            if not self.voice.strip():
+                raise InputError("voice", "must not be empty")
+            object.__setattr__(self, "voice", unicodedata.normalize("NFC", self.voice.strip()))
         for name, (lo, hi) in RANGES.items():
             value = getattr(self, name)
             kind = int if name == "max_new_tokens" else float

@@ -1,9 +1,13 @@
-"""OpenAI's names for voices and models, and what they mean here.
+"""The names a request may give for voices and models, and what they mean here.
 
-Clients written for OpenAI send its built-in voice names and its model names; a server that answers
-them with 400 and 404 is not a drop-in. Each built-in voice maps to the trained voice closest in
-character (a table the settings can change), and every OpenAI speech model name selects the served
-checkpoint (more names through the settings' aliases).
+Voices are the served checkpoint's own (orpheus_local/voices.py: its voices.json, --voices, or the
+English fine-tune's). Clients written for OpenAI send its built-in voice names and its model names;
+a server that answers them with 400 and 404 is not a drop-in. Each built-in voice maps to the
+English voice closest in character (a table the settings can change); the table applies only to
+voices the checkpoint has, so serving another checkpoint drops the default entries it cannot speak
+(map OpenAI's names onto its voices with --openai-voices). A checkpoint's own voice name always
+means that voice. Every OpenAI speech model name selects the served checkpoint (more names through
+the settings' aliases).
 """
 
 from __future__ import annotations
@@ -11,7 +15,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from orpheus_local.params import TRAINED_VOICES
+from orpheus_local.errors import NotReadyError
+from orpheus_local.voices import ENGLISH_VOICES, Voices
 
 from .errors import SERVED_MODEL
 
@@ -29,27 +34,51 @@ _DATED = re.compile(r"gpt-4o-mini-tts-\d{4}-\d{2}-\d{2}")  # OpenAI's snapshots,
 
 @dataclass(frozen=True)
 class OpenAINames:
-    """The voice table and the model aliases one server uses (settings merged over the defaults)."""
+    """The served voices, the OpenAI voice table over them and the model aliases one server uses
+    (settings merged over the defaults). served is None while the checkpoint's voices are unknown: a
+    hub id, read once it is downloaded (requests are refused with 503 until then)."""
 
-    voices: dict[str, str] = field(default_factory=lambda: dict(OPENAI_VOICES))
+    voices: dict[str, str] = field(default_factory=lambda: dict(OPENAI_VOICES))  # OpenAI name -> served voice
     model_aliases: dict[str, str] = field(default_factory=dict)  # another name -> a served checkpoint
+    served: Voices | None = ENGLISH_VOICES
 
     @classmethod
-    def configured(cls, voices: dict[str, str], model_aliases: dict[str, str]) -> "OpenAINames":
-        """ValueError naming the entry when a voice maps to no trained voice or an alias to no served
-        checkpoint."""
-        for name, voice in voices.items():
-            if voice.strip().lower() not in TRAINED_VOICES:
-                raise ValueError(f"voice {name!r} maps to {voice!r}, which is not one of {', '.join(TRAINED_VOICES)}")
+    def configured(cls, voices: dict[str, str], model_aliases: dict[str, str],
+                   served: Voices | None = ENGLISH_VOICES) -> "OpenAINames":
+        """ValueError naming the entry when a configured voice maps to no served voice (or is one
+        itself), or an alias to no served checkpoint."""
         for name, model in model_aliases.items():
             if model != SERVED_MODEL:
                 raise ValueError(f"model alias {name!r} names {model!r}; this server serves {SERVED_MODEL}")
-        table = {**OPENAI_VOICES, **{k.strip().lower(): v.strip().lower() for k, v in voices.items()}}
-        return cls(table, dict(model_aliases))
+        configured = {name.strip().lower(): voice for name, voice in voices.items()}
+        if served is None:  # checked once the voices are known
+            return cls({}, dict(model_aliases), None)
+        table = {}
+        for name, voice in {**OPENAI_VOICES, **configured}.items():
+            target = served.find(voice)
+            if name in configured:
+                if target is None:
+                    listed = str(served) or "no voices"
+                    raise ValueError(f"voice {name!r} maps to {voice!r}, which is not one of {listed}")
+                if served.find(name) is not None:
+                    raise ValueError(f"voice {name!r} is a voice of the checkpoint itself; it cannot map to another")
+            if target is not None and served.find(name) is None:
+                table[name] = target
+        return cls(table, dict(model_aliases), served)
 
-    def voice(self, name: str) -> str:
-        """The trained voice an OpenAI voice name stands for; any other name as it is."""
-        return self.voices.get(name.strip().lower(), name)
+    def voice(self, name: str | None) -> str | None:
+        """The served voice a request's voice name stands for: one of the checkpoint's, or an OpenAI
+        name mapped to one; the checkpoint's default for none (None or blank: a form that leaves it
+        empty). InputError for any other name."""
+        if self.served is None:
+            raise NotReadyError("the checkpoint's voices are not known until it has loaded")
+        if name is None or not name.strip():
+            return self.served.default
+        if (found := self.served.find(name)) is not None:
+            return found
+        if (mapped := self.voices.get(name.strip().lower())) is not None:
+            return mapped
+        return self.served.check(name)  # raises, listing the voices there are
 
     def accepts_model(self, name: str) -> bool:
         return name in SPEECH_MODELS or name in self.model_aliases or bool(_DATED.fullmatch(name))

@@ -11,7 +11,7 @@ from pydantic import BaseModel, BeforeValidator, Field, ValidationError
 
 from orpheus_local.audio.encoders import FORMATS, SPEED_MAX, SPEED_MIN
 from orpheus_local.errors import InputError
-from orpheus_local.params import DEFAULT_VOICE, RANGES, TOP_K_RANGE, SynthesisParams
+from orpheus_local.params import RANGES, TOP_K_RANGE, SynthesisParams
 
 from .errors import SERVED_MODEL, from_core, invalid, text_too_long, unknown_model
 from .openai_names import SPEECH_MODELS, OpenAINames
@@ -47,8 +47,9 @@ def _voice_name(value):
 
 
 Voice = Annotated[str, BeforeValidator(_voice_name)]
-_VOICE_DESCRIPTION = ('speaker: a trained voice, or an OpenAI voice name (mapped to one: GET /v1/audio/voices); '
-                      'also as an object, {"id": "tara"}')
+_VOICE_DESCRIPTION = ("speaker: one of the served checkpoint's voices, or an OpenAI voice name mapped to one "
+                      '(GET /v1/audio/voices); also as an object, {"id": "tara"}; absent or empty: the '
+                      "checkpoint's default")
 
 
 def _ranged(name: str, description: str):
@@ -67,10 +68,11 @@ class Sampling(BaseModel):
     top_k: Integer | None = Field(None, ge=TOP_K_RANGE[0], le=TOP_K_RANGE[1],
                                   description="keep only the k most likely audio ids; absent: no top-k (extension)")
 
-    def _synthesis_params(self, field: str, text: str, voice: Voice, max_chars: int,
+    def _synthesis_params(self, field: str, text: str, voice: Voice | None, max_chars: int,
                           names: OpenAINames) -> SynthesisParams:
         """The one mapping to SynthesisParams; its checks (empty text, unknown voice or tag) become
-        400s, text longer than max_chars a 413. An OpenAI voice name becomes the voice it maps to."""
+        400s, text longer than max_chars a 413. An OpenAI voice name becomes the voice it maps to, no
+        voice the checkpoint's default."""
         if len(text) > max_chars:
             raise text_too_long(field, len(text), max_chars)
         try:
@@ -87,7 +89,7 @@ class SegmindRequest(Sampling):
     """Body of POST /v1/orpheus-3b-0.1 and /v2/orpheus-3b-0.1 (JSON or multipart form)."""
 
     text: str = Field(description="what to say; emotion tags like <sigh> or <laugh> are spoken as such")
-    voice: Voice = Field(DEFAULT_VOICE, description=_VOICE_DESCRIPTION)
+    voice: Voice | None = Field(None, description=_VOICE_DESCRIPTION)
     speed: Number = Field(1.0, ge=SPEED_MIN, le=SPEED_MAX, description="playback speed factor, pitch kept (extension)")
     stream: bool = Field(False, description="send a chunked WAV as audio is generated (extension, v1 only)")
 
@@ -101,7 +103,7 @@ class SpeechRequest(Sampling):
     model: str = Field(SERVED_MODEL, description=f"one of {', '.join(SPEECH_MODELS)}, a dated gpt-4o-mini-tts, or "
                                                  "an alias from the settings (GET /v1/models)")
     input: str = Field(description="what to say (no 4,096-character cap: long text is split at sentences)")
-    voice: Voice = Field(DEFAULT_VOICE, description=_VOICE_DESCRIPTION)
+    voice: Voice | None = Field(None, description=_VOICE_DESCRIPTION)
     instructions: str | None = Field(None, max_length=4096, description="accepted and ignored: Orpheus takes its "
                                      "style from the voice and from emotion tags in the text (X-Ignored-Fields says so)")
     response_format: Literal[tuple(FORMATS)] = Field("mp3", description="audio encoding")

@@ -11,6 +11,8 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from orpheus_local.config import EngineConfig
+from orpheus_local.voices import Voices, checkpoint_voices, parse_voice_names
+from orpheus_local.weights.checkpoint import looks_like_hub_id
 
 from .job_store import check_url
 from .openai_names import OpenAINames
@@ -32,6 +34,9 @@ class ServerSettings(BaseSettings):
     # --- model ---
     weights: str = Field(_ENGINE_DEFAULTS.model, description="Orpheus model directory or hub id")
     snac: str = Field(_ENGINE_DEFAULTS.snac, description="SNAC 24 kHz codec directory or hub id")
+    voices: str | None = Field(
+        None, description="comma-separated voice names of the served checkpoint, the first the default, over its "
+                          "voices.json; unset: voices.json beside its config.json, else the English fine-tune's")
     demo: bool = Field(False, description="serve a random-weight model of the real layout (noise, not speech)")
     demo_dir: Path = Field(_ENGINE_DEFAULTS.demo_dir, description="where --demo builds its random weights")
     device: str | None = Field(None, description="torch device; unset: cuda when present, else cpu")
@@ -93,6 +98,13 @@ class ServerSettings(BaseSettings):
         None, description="where v2 jobs and their results are kept, shared by every server that is given the same: "
                           "redis://[:password@]host[:port][/db] (servers on many machines), or "
                           "sqlite:///path/to/file; unset: jobs.sqlite3 under --state-dir (the servers of one machine)")
+
+    @field_validator("voices")
+    @classmethod
+    def check_voices(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_voice_names(value)
+        return value
 
     @field_validator("state_dir")
     @classmethod
@@ -163,13 +175,28 @@ class ServerSettings(BaseSettings):
         self.openai_names()  # a voice or alias that names nothing served: a settings error at start-up
         return self
 
-    def openai_names(self) -> OpenAINames:
-        return OpenAINames.configured(self.openai_voices, self.model_aliases)
+    def served_voices(self) -> Voices | None:
+        """The served checkpoint's voices as far as the settings tell: --voices, else a local
+        checkpoint's voices.json (or the English fine-tune's); None for a hub id, whose voices.json
+        is read once it is downloaded. ValueError for a voices.json that cannot be read."""
+        if self.voices is not None:
+            return Voices.of(parse_voice_names(self.voices))
+        if self.demo or self.simulated_step_ms is not None:
+            return checkpoint_voices(None)
+        if looks_like_hub_id(self.weights):
+            return None
+        return checkpoint_voices(Path(self.weights).expanduser())
+
+    def openai_names(self, served: Voices | None = None) -> OpenAINames:
+        """The names requests may use: for served, the voices loading found; else served_voices()."""
+        served = served if served is not None else self.served_voices()
+        return OpenAINames.configured(self.openai_voices, self.model_aliases, served)
 
     def engine_config(self) -> EngineConfig:
         return EngineConfig(
             model=self.weights,
             snac=self.snac,
+            voices=parse_voice_names(self.voices) if self.voices is not None else None,
             demo=self.demo,
             demo_dir=self.demo_dir,
             device=self.device,

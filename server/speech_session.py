@@ -32,7 +32,7 @@ from fastapi import WebSocket, WebSocketDisconnect
 from pydantic import ConfigDict, Field
 
 from orpheus_local.audio.encoders import SPEED_MAX, SPEED_MIN, StreamEncoder
-from orpheus_local.params import DEFAULT_VOICE, SynthesisParams
+from orpheus_local.params import SynthesisParams
 from orpheus_local.text.incremental import SentenceBuffer
 from orpheus_local.text.split import part_chars
 from orpheus_local.tokens import SAMPLE_RATE
@@ -56,7 +56,8 @@ class SessionConfig(Sampling):
 
     model_config = ConfigDict(extra="forbid")
 
-    voice: Voice = Field(DEFAULT_VOICE, description="a trained voice or an OpenAI voice name")
+    voice: Voice | None = Field(None, description="one of the served checkpoint's voices or an OpenAI voice name "
+                                                  "mapped to one; absent: the checkpoint's default")
     response_format: Literal[SESSION_FORMATS] = Field("pcm", description="pcm: s16le 24 kHz mono")
     speed: Number = Field(1.0, ge=SPEED_MIN, le=SPEED_MAX, description="playback speed factor")
 
@@ -203,7 +204,7 @@ class SpeechSession:
 
     def _update(self, changes: dict) -> None:
         config = parse(SessionConfig, {**self.fields, **changes})  # the old settings stay on an error
-        config.synthesis_params("Hi.", self.state.openai_names)  # a voice that exists, before it is needed
+        config.synthesis_params("Hi.", self.state.openai_names)  # a voice the checkpoint has, before it is needed
         self.fields.update(changes)
         self.config = config
         self.text.max_chars = part_chars(config.max_new_tokens)

@@ -12,6 +12,7 @@ from fastapi import Depends, Request
 
 from orpheus_local.params import SynthesisParams
 from orpheus_local.pipeline.synthesizer import Synthesizer
+from orpheus_local.voices import ENGLISH_VOICES, Voices
 from orpheus_local.weights.checkpoint import CheckpointError
 
 from .encoding import EncoderPool
@@ -25,7 +26,8 @@ from .settings import ServerSettings
 log = logging.getLogger(__name__)
 
 # The shortest generation the API allows: compiles and allocates whatever the first request would.
-WARMUP = SynthesisParams(text="Hello there.", voice="tara", max_new_tokens=100, seed=0)
+# Without a voice: a prompt every checkpoint takes, whichever voices it has.
+WARMUP = SynthesisParams(text="Hello there.", voice=None, max_new_tokens=100, seed=0)
 
 SynthesizerSource = Synthesizer | Callable[[], Synthesizer]
 
@@ -33,6 +35,7 @@ SynthesizerSource = Synthesizer | Callable[[], Synthesizer]
 class ServerState:
     def __init__(self, settings: ServerSettings):
         self.settings = settings
+        # The voices as far as the settings tell; replaced by the loaded checkpoint's (load()).
         self.openai_names = settings.openai_names()
         self.created = int(time.time())
         self.metrics = Metrics()
@@ -80,6 +83,7 @@ class ServerState:
                 self.synth, self.owns_synth = await asyncio.to_thread(source), True
             else:
                 self.synth = source
+            self.openai_names = self.settings.openai_names(self._served_voices())
             if self.settings.warmup:
                 started = time.perf_counter()
                 await self.synth.synthesize(WARMUP, "warmup")
@@ -99,6 +103,13 @@ class ServerState:
             log.info("ready to serve")
         finally:
             self.loaded.set()
+
+    def _served_voices(self) -> Voices:
+        """--voices when set, else the loaded checkpoint's (what the settings tell for a stand-in
+        synthesizer that has none)."""
+        if self.settings.voices is None and (voices := getattr(self.synth, "voices", None)) is not None:
+            return voices
+        return self.settings.served_voices() or ENGLISH_VOICES
 
     async def close(self) -> None:
         self.ready = False

@@ -20,7 +20,10 @@ from types import SimpleNamespace
 import pytest
 from pydantic import SecretStr
 
+from orpheus_cli.main import main as cli_main
+from orpheus_local.voices import ENGLISH_VOICES, VOICES_FILE, Voices, checkpoint_voices
 from orpheus_local.weights import checkpoint as ck
+from orpheus_local.weights.catalog import RELEASES
 from orpheus_local.weights.checkpoint import CheckpointError
 from orpheus_local.weights.integrity import safetensors_problem
 from server.logs import JsonFormatter, TextFormatter, log_settings
@@ -338,7 +341,8 @@ class FakeHub:
 def hub(demo_dirs, monkeypatch) -> FakeHub:
     import huggingface_hub
 
-    fake = FakeHub({ck.MODEL_REPO: demo_dirs[0], ck.SNAC_REPO: demo_dirs[1]})
+    # every release fetch-weights knows, each a copy of the demo model
+    fake = FakeHub({**{release.repo: demo_dirs[0] for release in RELEASES.values()}, ck.SNAC_REPO: demo_dirs[1]})
     monkeypatch.setattr(huggingface_hub.HfApi, "model_info", lambda self, *a, **k: fake.model_info(*a, **k))
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake.snapshot_download)
     return fake
@@ -372,3 +376,51 @@ def test_fetch_weights_replaces_a_damaged_file_in_a_complete_directory(hub, mode
     ck.fetch_weights(model_copy.parent)
     assert hub.downloads == [(ck.MODEL_REPO, FakeHub.COMMIT)]  # the intact codec is left alone
     assert ck.resolve_model_dir(model_copy) == model_copy
+
+
+def test_the_english_fine_tune_is_fetched_without_a_voices_file(hub, tmp_path):
+    model_dir, _ = ck.fetch_weights(tmp_path / "weights")
+    assert not (model_dir / VOICES_FILE).exists() and checkpoint_voices(model_dir) == ENGLISH_VOICES
+
+
+@pytest.mark.parametrize("name", ["3b-ko-ft-research_release", "canopylabs/3b-ko-ft-research_release"])
+def test_fetch_weights_fetches_a_release_by_name_with_its_voices(hub, tmp_path, name):
+    dest = tmp_path / "weights"
+    model_dir, snac_dir = ck.fetch_weights(dest, name)
+    assert (model_dir, snac_dir) == (dest / "3b-ko-ft-research_release", dest / ck.SNAC_SUBDIR)
+    assert hub.downloads == [("canopylabs/3b-ko-ft-research_release", FakeHub.COMMIT), (ck.SNAC_REPO, FakeHub.COMMIT)]
+    assert json.loads((model_dir / VOICES_FILE).read_text(encoding="utf-8")) == {"voices": ["유나", "준서"],
+                                                                                "default": "유나"}
+    # served as it is, without flags
+    assert ServerSettings(weights=str(model_dir)).served_voices() == Voices(("유나", "준서"), "유나")
+
+
+def test_a_pretrained_release_is_fetched_as_a_checkpoint_without_voices(hub, tmp_path):
+    model_dir, _ = ck.fetch_weights(tmp_path / "weights", "orpheus-3b-0.1-pretrained")
+    assert json.loads((model_dir / VOICES_FILE).read_text()) == {"voices": []}
+    assert checkpoint_voices(model_dir) == Voices((), None)
+
+
+def test_a_voices_file_already_there_is_kept(hub, demo_dirs, tmp_path):
+    model_dir = tmp_path / "weights" / "3b-fr-ft-research_release"
+    shutil.copytree(demo_dirs[0], model_dir)
+    (model_dir / VOICES_FILE).write_text('["pierre", "narrator"]')
+    ck.fetch_weights(tmp_path / "weights", "3b-fr-ft-research_release")
+    assert [repo for repo, _ in hub.downloads] == [ck.SNAC_REPO]  # the model was complete already
+    assert (model_dir / VOICES_FILE).read_text() == '["pierre", "narrator"]'
+
+
+def test_an_unknown_model_name_is_refused_listing_the_known_ones(hub, tmp_path, capsys):
+    assert cli_main(["fetch-weights", "--dest", str(tmp_path), "--model", "3b-ja-ft-research_release"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown model '3b-ja-ft-research_release'; fetch-weights knows orpheus-3b-0.1-ft, ")
+    assert "3b-es_it-ft-research_release" in err and hub.downloads == []
+
+
+def test_the_weights_readme_lists_every_release_with_its_voices():
+    readme = (ROOT / "weights" / "README.md").read_text(encoding="utf-8")
+    rows = {line.split("|")[3].strip(" `"): line for line in readme.splitlines() if line.startswith("| ")}
+    for release in RELEASES.values():
+        row = rows[release.repo]
+        voices = ENGLISH_VOICES.names[:8] if release.voices is None else release.voices.names
+        assert f"`{release.name}`" in row and all(voice in row for voice in voices), row

@@ -36,7 +36,9 @@ from orpheus_local.text.split import (
     sentence_starts,
     split_text,
 )
+from orpheus_local.voices import ENGLISH_VOICES, Voices, checkpoint_voices
 from orpheus_local.weights.checkpoint import (
+    CheckpointError,
     load_snac,
     load_tokenizer,
     resolve_model_dir,
@@ -49,12 +51,16 @@ log = logging.getLogger(__name__)
 class Synthesizer:
     """Takes a started backend (engine driver or reference) and a started codec worker; close()
     stops both. load() builds and starts them from a configuration. Its methods are called from the
-    event loop (close() from any thread once nothing uses it)."""
+    event loop (close() from any thread once nothing uses it).
 
-    def __init__(self, tokenizer, backend, codec_worker: CodecWorker):
+    voices: the checkpoint's; a request naming another is an InputError before anything is generated.
+    """
+
+    def __init__(self, tokenizer, backend, codec_worker: CodecWorker, voices: Voices = ENGLISH_VOICES):
         self.tokenizer = tokenizer
         self.backend = backend
         self.codec_worker = codec_worker
+        self.voices = voices
         self.guard_limits = GuardLimits()  # the thresholds of every part's guards
 
     @classmethod
@@ -68,11 +74,13 @@ class Synthesizer:
             model_dir, snac_dir = build_demo_checkpoint(config.demo_dir)
         else:
             model_dir, snac_dir = resolve_model_dir(config.model), resolve_snac_dir(config.snac)
+        voices = _voices(model_dir, config)
         tokenizer = load_tokenizer(model_dir)
         codec_worker = CodecWorker(SnacCodec(load_snac(snac_dir, device), device)).start()
         backend = _load_backend(config, model_dir, device, dtype).start()
-        log.info("loaded %s (%s, %s) with the %s backend", model_dir, device, dtype, config.backend)
-        return cls(tokenizer, backend, codec_worker)
+        log.info("loaded %s (%s, %s) with the %s backend; voices: %s", model_dir, device, dtype, config.backend,
+                 str(voices) or "none")
+        return cls(tokenizer, backend, codec_worker, voices)
 
     @classmethod
     def simulated(cls, config: EngineConfig, default_slots: int = 256) -> "Synthesizer":
@@ -89,9 +97,18 @@ class Synthesizer:
                                  max_prompt_tokens=config.max_prompt_tokens)
         backend = EngineDriver(EngineCore(runner, config.max_queue)).start()
         log.info("simulated device: %d slots, %g ms a step, no codec", runner.num_slots, config.simulated_step_ms)
-        return cls(load_tokenizer(model_dir), backend, CodecWorker(SpeechLikeCodec()).start())
+        return cls(load_tokenizer(model_dir), backend, CodecWorker(SpeechLikeCodec()).start(),
+                   _voices(model_dir, config))
+
+    def checked(self, params: SynthesisParams) -> SynthesisParams:
+        """params with the checkpoint's spelling of its voice; InputError for a voice it lacks."""
+        if params.voice is None:
+            return params
+        voice = self.voices.check(params.voice)
+        return params if voice == params.voice else params.replace(voice=voice)
 
     def prompt_ids(self, params: SynthesisParams) -> list[int]:
+        params = self.checked(params)
         return fmt.build_prompt(self.tokenizer, params.text, params.voice)
 
     def submit_ids(self, params: SynthesisParams, request_id: str | None = None, *, ignore_eos: bool = False,
@@ -132,13 +149,15 @@ class Synthesizer:
         Text longer than one part (part_chars(max_new_tokens)) is split at sentences and the parts'
         audio is joined with a crossfade (parts.py); a part whose prompt is over the backend's
         max_prompt_tokens is split further, and InputError comes before any chunk when a part cannot
-        be made to fit. Each part is guarded against running away, and on_guard is told when a guard
-        fires; ignore_eos, which forces every part to max_new_tokens, turns the guards off.
+        be made to fit, or when the checkpoint has no such voice. Each part is guarded against
+        running away, and on_guard is told when a guard fires; ignore_eos, which forces every part to
+        max_new_tokens, turns the guards off.
         whole_file: the caller returns the audio as one file, so it is made independent of timing
         and of other requests (a seeded request gives the same samples on every run), at the cost of
         first-chunk latency.
         """
         request_id = request_id or uuid.uuid4().hex
+        params = self.checked(params)
         limits = None if ignore_eos else self.guard_limits
         parts = [
             Part(self.submit_ids, self.codec_worker.open, params.replace(text=text), request_id, i,
@@ -208,6 +227,13 @@ class Synthesizer:
     def close(self) -> None:
         self.backend.close()
         self.codec_worker.close()
+
+
+def _voices(model_dir, config: EngineConfig) -> Voices:
+    try:
+        return checkpoint_voices(model_dir, config.voices)
+    except ValueError as exc:  # a voices.json that cannot be read is the checkpoint's fault
+        raise CheckpointError(str(exc)) from None
 
 
 def _load_backend(config: EngineConfig, model_dir, device: str, dtype: str):

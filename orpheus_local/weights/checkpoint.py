@@ -12,10 +12,12 @@ import logging
 import os
 import re
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
+from orpheus_local.voices import VOICES_FILE, write_voices_file
+from orpheus_local.weights.catalog import DEFAULT_RELEASE, RELEASES, find_release
 from orpheus_local.weights.integrity import (
     ExpectedFile,
     download_problems,
@@ -24,10 +26,10 @@ from orpheus_local.weights.integrity import (
 
 log = logging.getLogger(__name__)
 
-MODEL_REPO = "canopylabs/orpheus-3b-0.1-ft"
+MODEL_REPO = RELEASES[DEFAULT_RELEASE].repo
 SNAC_REPO = "hubertsiuzdak/snac_24khz"
 DEFAULT_WEIGHTS_DIR = Path("weights")
-MODEL_SUBDIR = "orpheus-3b-0.1-ft"
+MODEL_SUBDIR = RELEASES[DEFAULT_RELEASE].name
 SNAC_SUBDIR = "snac_24khz"
 FETCH_HINT = (
     "Get the weights with `orpheus-local fetch-weights --dest weights/` (the model is gated: accept its "
@@ -131,14 +133,18 @@ def _checked(path: Path, kind: CheckpointKind, where: str) -> Path:
         listed = "; ".join(f"{path / name} is damaged: {problem}" for name, problem in damaged.items())
         raise CheckpointError(
             f"{listed} (an interrupted download or a corrupted copy). Download it again with "
-            f"`orpheus-local fetch-weights --dest {_fetch_dest(path, kind)}`, which replaces damaged files."
+            f"`{_fetch_command(path, kind)}`, which replaces damaged files."
         )
     return path
 
 
-def _fetch_dest(path: Path, kind: CheckpointKind) -> str:
-    """The --dest that makes fetch-weights write to path, when path has fetch-weights' layout."""
-    return str(path.parent) if path.name == kind.subdir else str(DEFAULT_WEIGHTS_DIR)
+def _fetch_command(path: Path, kind: CheckpointKind) -> str:
+    """The fetch-weights command that writes to path, when path has fetch-weights' layout."""
+    if kind.what == MODEL.what and path.name in RELEASES:
+        model = "" if path.name == DEFAULT_RELEASE else f" --model {path.name}"
+        return f"orpheus-local fetch-weights --dest {path.parent}{model}"
+    dest = path.parent if path.name == kind.subdir else DEFAULT_WEIGHTS_DIR
+    return f"orpheus-local fetch-weights --dest {dest}"
 
 
 @contextmanager
@@ -175,13 +181,25 @@ def _hub_files(repo_id: str, what: str) -> tuple[list[ExpectedFile], str]:
     return files, info.sha
 
 
-def fetch_weights(dest: str | os.PathLike = DEFAULT_WEIGHTS_DIR) -> tuple[Path, Path]:
-    """Download model and codec into dest/ and check every file against the hub's sizes and sha256.
+def fetch_weights(dest: str | os.PathLike = DEFAULT_WEIGHTS_DIR, model: str = DEFAULT_RELEASE) -> tuple[Path, Path]:
+    """Download a model (a release's name from catalog.py, by default the English fine-tune) into
+    dest/<name>/ and the codec into dest/snac_24khz/, and check every file against the hub's sizes
+    and sha256. A release with voices of its own gets them written to voices.json beside its config
+    (one already there is kept), so that serving it offers them without flags.
 
     Resumable: files already complete are kept. A directory already complete and undamaged is left
     as it is without asking the hub; damaged files are deleted and downloaded anew."""
+    release = find_release(model)
+    if release is None:
+        raise CheckpointError(f"unknown model {model!r}; fetch-weights knows {', '.join(RELEASES)}. Any other "
+                              "checkpoint is served from its directory or hub id: orpheus-local serve --weights ...")
     dest = Path(dest)
-    return _fetch(MODEL, dest / MODEL.subdir), _fetch(SNAC, dest / SNAC.subdir)
+    kind = replace(MODEL, repo=release.repo, subdir=release.name)
+    model_dir = _fetch(kind, dest / kind.subdir)
+    if release.voices is not None and not (model_dir / VOICES_FILE).is_file():
+        path = write_voices_file(model_dir, release.voices)
+        log.info("wrote %s's voices (%s) to %s", release.name, str(release.voices) or "none", path)
+    return model_dir, _fetch(SNAC, dest / SNAC.subdir)
 
 
 def _fetch(kind: CheckpointKind, target: Path) -> Path:

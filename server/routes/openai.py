@@ -12,9 +12,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from orpheus_local.audio.encoders import FORMATS, StreamEncoder, audio_format
-from orpheus_local.params import DEFAULT_VOICE, VOICES
 
 from ..body import JSON, MULTIPART, read_fields
+from ..errors import not_ready
 from ..generation import encoded, pcm_chunks, whole_file
 from ..protocol import SpeechRequest, openapi_body, parse
 from ..state import State
@@ -62,9 +62,13 @@ async def _sse_events(audio: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     yield _event({"type": "speech.audio.done"})
 
 
-@router.get("/v1/audio/voices", summary="the voices served, and the OpenAI voice names mapped to them")
+@router.get("/v1/audio/voices", summary="the served checkpoint's voices and default, and the OpenAI voice names "
+                                        "mapped to them")
 async def voices(state: State) -> dict:
-    return {"voices": list(VOICES), "default": DEFAULT_VOICE, "openai_voices": state.openai_names.voices}
+    names = state.openai_names
+    if names.served is None:  # a hub checkpoint not downloaded yet
+        raise not_ready()
+    return {"voices": list(names.served.names), "default": names.served.default, "openai_voices": names.voices}
 
 
 @router.get("/v1/models", summary="the model names /v1/audio/speech accepts (and dated gpt-4o-mini-tts names)")
