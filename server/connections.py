@@ -99,23 +99,15 @@ class ConnectionLimits:
 
     def protocol(self) -> type[H11Protocol]:
         """The protocol class to give uvicorn.Config(http=...)."""
-        limits = self
-
-        class Guarded(GuardedH11Protocol):
-            pass
-
-        Guarded.limits = limits
-        return Guarded
+        return self._bound(GuardedH11Protocol)
 
     def ws_protocol(self) -> type[WebSocketsSansIOProtocol]:
         """The WebSocket protocol class to give uvicorn.Config(ws=...)."""
-        limits = self
+        return self._bound(GuardedWebSocketProtocol)
 
-        class Guarded(GuardedWebSocketProtocol):
-            pass
-
-        Guarded.limits = limits
-        return Guarded
+    def _bound(self, protocol: type) -> type:
+        """A subclass of protocol whose connections share these limits (uvicorn makes the instances)."""
+        return type(f"Guarded{protocol.__name__}", (protocol,), {"limits": self})
 
 
 class GuardedH11Protocol(H11Protocol):
