@@ -1,13 +1,12 @@
 """OpenAI clients unchanged: every built-in voice name, the voice object, every speech model name,
-`instructions` and SSE with each model are answered with audio; the OpenAI SDK and the request
-LiveKit's OpenAI TTS plugin sends at its defaults work against the real server over HTTP."""
+`instructions` and SSE with each model are answered with audio; the OpenAI SDK and
+LiveKit's OpenAI TTS plugin, left at its defaults, work against the real server over HTTP."""
 
 from __future__ import annotations
 
 import base64
 import json
 
-import httpx
 import numpy as np
 import pytest
 from openai import AsyncOpenAI
@@ -137,14 +136,37 @@ async def test_the_openai_sdk_speaks_through_the_server():
     assert len(pcm) == SAMPLES_PER_FRAME * 2
 
 
-async def test_the_request_livekits_openai_plugin_sends_at_its_defaults():
-    # LiveKit Agents' OpenAI TTS plugin left at its defaults (model gpt-4o-mini-tts, voice ash, SSE), as
-    # the request it sends through the OpenAI SDK: this body, a Bearer key, and audio read as events.
-    body = {"input": "Hello there.", "model": "gpt-4o-mini-tts", "voice": "ash", "response_format": "pcm",
-            "speed": 1.0, "stream_format": "sse"}
-    with uvicorn_in_thread(RecordingSynth()) as (_, port, _loop):
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-            response = await client.post("/v1/audio/speech", json=body, headers={"Authorization": "Bearer any"})
-    assert response.status_code == 200
-    samples = np.frombuffer(sse_audio(response.text), "<i2")
-    assert len(samples) == SAMPLES_PER_FRAME and samples[0] == round(0.1 * 32768)
+class SineSynth(RecordingSynth):
+    """Speaks a 440 Hz tone of FRAMES codec frames: audio an mp3 round trip keeps recognisable."""
+
+    FRAMES = 6
+
+    async def stream(self, params, request_id=None, on_guard=None, whole_file=False):
+        self.asked.append(params)
+        t = np.arange(self.FRAMES * SAMPLES_PER_FRAME) / 24_000
+        tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+        for frame in np.split(tone, self.FRAMES):
+            yield frame
+
+
+async def test_livekits_openai_plugin_at_its_defaults_speaks_through_the_server():
+    # The plugin itself (a test dependency), with only the base URL and key set: it asks for
+    # gpt-4o-mini-tts, voice ash, mp3, speed 1.0 and SSE, and decodes the mp3 it gets back.
+    from livekit.plugins import openai as livekit_openai
+
+    synth = SineSynth()
+    with uvicorn_in_thread(synth) as (_, port, _loop):
+        tts = livekit_openai.TTS(base_url=f"http://127.0.0.1:{port}/v1", api_key="any")
+        try:
+            async with tts.synthesize("Hello there.") as stream:
+                frames = [event.frame async for event in stream]
+        finally:
+            await tts.aclose()
+    assert [p.voice for p in synth.asked] == [OPENAI_VOICES["ash"]]
+    assert {(f.sample_rate, f.num_channels) for f in frames} == {(24_000, 1)}
+    audio = np.concatenate([np.frombuffer(f.data, "<i2") for f in frames]).astype(np.float64) / 32768
+    sent = SineSynth.FRAMES * SAMPLES_PER_FRAME
+    assert sent <= len(audio) <= sent + 2 * 1152  # mp3 adds at most its priming and last granule's padding
+    tone = 0.3 * np.sin(2 * np.pi * 440 * np.arange(sent) / 24_000)
+    match = np.correlate(audio, tone, "valid").max() / np.dot(tone, tone)
+    assert match > 0.8  # the tone comes back (at mp3's priming offset, a little quieter), not silence or noise
