@@ -11,6 +11,9 @@ from orpheus_local.weights.checkpoint import (
     SNAC_SUBDIR,
 )
 
+# A reference turn: its transcript and up to 30 s of audio ids (2464), with room for a long transcript.
+REFERENCE_TOKENS = 3072
+
 
 def default_device() -> str:
     import torch
@@ -37,6 +40,11 @@ class EngineConfig:
     backend: str = "engine"  # "engine" (batched) or "reference" (transformers generate)
     max_slots: int | None = None  # concurrent sequences in the KV cache; None: derived from memory
     max_prompt_tokens: int = 512
+    # Room for a cloned voice's reference turn before a prompt's max_prompt_tokens; 0: no cloned
+    # voices. The Synthesizer sets REFERENCE_TOKENS for a checkpoint that clones.
+    max_reference_tokens: int = 0
+    # Reference turns whose keys and values are kept between requests (LRU), in tokens.
+    prefix_cache_tokens: int = 4 * REFERENCE_TOKENS
     max_new_tokens: int = 2000
     max_queue: int = 256  # requests waiting for a slot before new ones get 429
     cuda_graphs: bool = True

@@ -27,6 +27,16 @@ TOP_K_RANGE = (1, 4096)
 
 
 @dataclass(frozen=True)
+class VoiceReference:
+    """A cloned voice: a reference recording's transcript and its audio ids (7 per frame), which
+    a pretrained checkpoint is prompted with as a first turn before the text (tokens.build_clone_prompt)."""
+
+    name: str
+    transcript: str
+    audio_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class SynthesisParams:
     text: str
     voice: str | None = DEFAULT_VOICE
@@ -36,6 +46,8 @@ class SynthesisParams:
     repetition_penalty: float = 1.1
     seed: int | None = None
     top_k: int | None = None
+    # A cloned voice to speak with instead of a checkpoint's voice (voice is then None).
+    reference: VoiceReference | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.text, str):
@@ -47,6 +59,8 @@ class SynthesisParams:
         except UnicodeEncodeError:  # a lone surrogate (JSON can escape one): no tokenizer takes it
             raise InputError("text", "must be valid Unicode (it has a lone surrogate)") from None
         check_tags(self.text)
+        if self.reference is not None:
+            object.__setattr__(self, "voice", None)  # the reference is the voice: no name goes before the text
         # Only the voice's form: which names exist depends on the checkpoint, and the Synthesizer
         # serving it checks them (None: no voice, the prompt is the text alone).
         if self.voice is not None:

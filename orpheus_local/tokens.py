@@ -59,6 +59,37 @@ def build_prompt(tokenizer: Tokenizer, text: str, voice: str | None) -> list[int
     return [START_OF_HUMAN, *ids, *PROMPT_SUFFIX]
 
 
+def build_clone_prompt(tokenizer: Tokenizer, text: str, transcript: str, reference_ids: Sequence[int]) -> list[int]:
+    """The pretrained checkpoint's zero-shot cloning prompt: a first turn in which the reference
+    recording's transcript is answered with its audio ids, then the text as a second turn:
+
+        [start_of_human] tokenizer(transcript) [end_of_text, end_of_human, start_of_ai, start_of_speech]
+        reference ids [end_of_speech, end_of_ai]
+        [start_of_human] tokenizer(text) [end_of_text, end_of_human, start_of_ai, start_of_speech]
+
+    As in Canopy Labs' pretrained-model notebook (canopyai/Orpheus-TTS, colabs/
+    Orpheus_0_1_Pretrain_Inference.ipynb: a "zero prompt" of transcript, end tokens, audio codes and
+    final tokens 128258 128262, then each text between 128259 and the same end tokens), whose turns
+    are laid out as the training data are (colabs/tokenise_speech_dataset.ipynb, create_input_ids).
+    The first turn is the same for every request with this voice: the engine caches its keys and
+    values (reference_prefix_length)."""
+    return [*reference_turn(tokenizer, transcript, reference_ids), *build_prompt(tokenizer, text, None)]
+
+
+def reference_turn(tokenizer: Tokenizer, transcript: str, reference_ids: Sequence[int]) -> list[int]:
+    """The first turn of a cloning prompt: the transcript, answered with the recording's audio ids."""
+    return [*build_prompt(tokenizer, transcript, None), *reference_ids, END_OF_SPEECH, END_OF_AI]
+
+
+def reference_prefix_length(prompt_ids: Sequence[int]) -> int:
+    """Ids up to and including the end of a completed first turn (end_of_ai), or 0 when the prompt
+    has none: the part of a cloning prompt shared by every request with its voice."""
+    try:
+        return prompt_ids.index(END_OF_AI) + 1
+    except ValueError:
+        return 0
+
+
 def position_range(p: int) -> tuple[int, int]:
     """[lo, hi) of the audio ids allowed at frame position p."""
     lo = AUDIO_BASE + p * CODEBOOK_SIZE

@@ -9,7 +9,8 @@ of names, the first being the default, or an object:
     {"voices": ["pierre", "amelie", "marie"], "default": "pierre"}
 
 An empty list declares a checkpoint without voices (a pretrained model, prompted with the text
-alone). A name is matched whatever its case or Unicode normalization; the prompt always gets the
+alone, or with a cloned voice's reference recording before it: only a pretrained model was trained on
+such prompts, so only it clones). A name is matched whatever its case or Unicode normalization; the prompt always gets the
 checkpoint's own spelling.
 """
 
@@ -37,6 +38,12 @@ def voice_key(name: str) -> str:
 class Voices:
     names: tuple[str, ...]
     default: str | None  # None only for a checkpoint without voices
+    # Speaks cloned voices: a pretrained checkpoint (None: when it has no voices), or the demo's.
+    clones: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.clones is None:
+            object.__setattr__(self, "clones", not self.names)
 
     @classmethod
     def of(cls, names: Iterable[str], default: str | None = None) -> "Voices":
@@ -54,8 +61,19 @@ class Voices:
                 raise ValueError(f"the default voice must be a string, got {default!r}")
             if (found := voices.find(default)) is None:
                 raise ValueError(f"the default voice {default!r} is not one of {voices}")
-            voices = cls(voices.names, found)
+            voices = cls(voices.names, found, voices.clones)
         return voices
+
+    def with_clones(self) -> "Voices":
+        """These voices, and cloned ones too (the demo stands in for both kinds of checkpoint)."""
+        return Voices(self.names, self.default, clones=True)
+
+    def check_clones(self) -> None:
+        """InputError on the voice when this checkpoint cannot speak a cloned voice."""
+        if not self.clones:
+            raise InputError("voice", f"cloned voices need a pretrained checkpoint (one without voices, e.g. "
+                                      f"orpheus-3b-0.1-pretrained); this server serves a fine-tune, whose voices "
+                                      f"are {self}")
 
     def find(self, name: str) -> str | None:
         """The checkpoint's spelling of name, or None when it has no such voice."""

@@ -63,6 +63,14 @@ class SnacCodec:
         key = new_noise_key() if noise_key is None else noise_key
         return self.decode_windows([Window(frames, 0, len(frames), 0, key, alone=True)])[0]
 
+    def encode(self, pcm: np.ndarray) -> np.ndarray:
+        """float32 mono 24 kHz samples -> [F, 7] codes, F = ceil(samples / 2048) (SNAC pads the
+        end with silence). The encoder has no noise and no state: it needs no lock."""
+        audio = torch.from_numpy(np.ascontiguousarray(pcm, dtype=np.float32)).to(self.device)
+        with torch.inference_mode():
+            codes = self.model.encode(audio[None, None])  # [1, F], [1, 2F], [1, 4F]
+        return fmt.codes_to_frames([c[0].cpu().numpy() for c in codes])
+
     def decode_windows(self, windows: Sequence[Window]) -> list[np.ndarray]:
         """Each window's chunk, float32 [2048 * count], in order.
 

@@ -30,6 +30,7 @@ class EngineCore:
         self.runner = runner
         self.scheduler = Scheduler(runner.num_slots, max_queue)
         self.max_prompt_tokens = runner.max_prompt_tokens
+        self.max_reference_tokens = runner.max_reference_tokens
 
     @classmethod
     def load(cls, config: EngineConfig, model_dir, device: str, dtype: str) -> "EngineCore":
@@ -40,8 +41,12 @@ class EngineCore:
         """Queue a request (QueueFullError when the queue is full, unless it is a continuation of a
         request already under way: see Scheduler.add). ignore_eos and max_tokens force a length:
         exactly max_new_tokens, or at most max_tokens (benchmarks, guards)."""
-        if len(prompt_ids) > self.max_prompt_tokens:
-            raise InputError("text", f"too long for one generation ({len(prompt_ids)} prompt tokens, "
+        reference = fmt.reference_prefix_length(prompt_ids)
+        if reference > self.max_reference_tokens:
+            raise InputError("voice", f"the cloned voice's reference is too long ({reference} tokens, at most "
+                                      f"{self.max_reference_tokens} on this checkpoint)")
+        if len(prompt_ids) - reference > self.max_prompt_tokens:
+            raise InputError("text", f"too long for one generation ({len(prompt_ids) - reference} prompt tokens, "
                                      f"at most {self.max_prompt_tokens})")
         seed = params.seed if params.seed is not None else secrets.randbits(63)
         request = Request(request_id, prompt_ids, params, seed, ignore_eos, max_tokens)

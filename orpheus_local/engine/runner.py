@@ -12,9 +12,16 @@ import logging
 
 import torch
 
+from orpheus_local import tokens as fmt
 from orpheus_local.config import EngineConfig
+from orpheus_local.engine.prefix_cache import PrefixCache
 from orpheus_local.engine.request import Request
-from orpheus_local.model.kv_cache import KVCache, default_slot_count
+from orpheus_local.model.kv_cache import (
+    CUDA_RESERVE_BYTES,
+    KVCache,
+    bytes_per_token,
+    default_slot_count,
+)
 from orpheus_local.model.llama import LlamaModel
 from orpheus_local.model.loader import load_llama
 from orpheus_local.model.sampler import Sampler
@@ -26,12 +33,17 @@ KV_BUCKET = 256  # attended cache length is rounded up to this: fewer graphs, li
 
 class ModelRunner:
     def __init__(self, model: LlamaModel, num_slots: int, max_prompt_tokens: int, max_new_tokens: int,
-                 cuda_graphs: bool = True):
+                 cuda_graphs: bool = True, *, max_reference_tokens: int = 0, prefix_cache_tokens: int = 0):
+        """max_reference_tokens: room in each slot for a cloned voice's reference turn before the
+        prompt's max_prompt_tokens; prefix_cache_tokens: reference turns' keys and values kept
+        between requests (0: every prompt is prefilled whole)."""
         self.model = model
         self.device = model.device
         self.num_slots = num_slots
         self.max_prompt_tokens = max_prompt_tokens
-        self.max_len = max_prompt_tokens + max_new_tokens
+        self.max_reference_tokens = max_reference_tokens
+        self.max_len = max_reference_tokens + max_prompt_tokens + max_new_tokens
+        self.prefixes = PrefixCache(prefix_cache_tokens)
         self.cache = KVCache(model.config, num_slots, self.max_len, self.device, model.dtype)
         self.sampler = Sampler(num_slots, self.device)
         # Decode inputs, per slot: the last sampled id, its position, and whether the slot is running.
@@ -46,32 +58,59 @@ class ModelRunner:
     @classmethod
     def load(cls, config: EngineConfig, model_dir, device: str, dtype: str) -> "ModelRunner":
         model = load_llama(model_dir, device, dtype)
-        max_len = config.max_prompt_tokens + config.max_new_tokens
-        slots = config.max_slots or default_slot_count(model.config, max_len, device, model.dtype)
+        max_len = config.max_reference_tokens + config.max_prompt_tokens + config.max_new_tokens
+        prefix_tokens = config.prefix_cache_tokens if config.max_reference_tokens else 0
+        # The prefix cache grows as voices are used: its whole budget is kept free from the start.
+        reserve = CUDA_RESERVE_BYTES + prefix_tokens * bytes_per_token(model.config, model.dtype)
+        slots = config.max_slots or default_slot_count(model.config, max_len, device, model.dtype, reserve)
         log.info("KV cache: %d slots of %d tokens", slots, max_len)
-        return cls(model, slots, config.max_prompt_tokens, config.max_new_tokens, config.cuda_graphs)
+        return cls(model, slots, config.max_prompt_tokens, config.max_new_tokens, config.cuda_graphs,
+                   max_reference_tokens=config.max_reference_tokens, prefix_cache_tokens=prefix_tokens)
 
     # --- prefill: new requests, eager ---
     @torch.inference_mode()
     def prefill(self, requests: list[Request]) -> list[int]:
-        """Store the prompts' keys/values and sample each request's first id."""
+        """Store the prompts' keys/values and sample each request's first id. A prompt that starts
+        with a reference turn gets that turn's keys/values from the prefix cache (or has them
+        computed and kept) and prefills only the rest."""
+        starts = [self._restore_prefix(r) for r in requests]
         longest = max(len(r.prompt_ids) for r in requests)
-        tokens = torch.zeros(len(requests), longest, dtype=torch.long)
-        for row, r in enumerate(requests):
-            tokens[row, : len(r.prompt_ids)] = torch.tensor(r.prompt_ids)
+        tokens = torch.zeros(len(requests), max(len(r.prompt_ids) - s for r, s in zip(requests, starts)),
+                             dtype=torch.long)
+        for row, (r, start) in enumerate(zip(requests, starts)):
+            tokens[row, : len(r.prompt_ids) - start] = torch.tensor(r.prompt_ids[start:])
             p = r.params
             self.sampler.reset(r.slot, temperature=p.temperature, top_p=p.top_p,
                                repetition_penalty=p.repetition_penalty, top_k=p.top_k,
                                allow_stop=not r.ignore_eos, seed=r.seed, prompt_ids=r.prompt_ids)
         slots = torch.tensor([r.slot for r in requests], device=self.device)
         lengths = torch.tensor([len(r.prompt_ids) for r in requests], device=self.device)
-        hidden = self.model.prefill(self.cache, tokens.to(self.device), slots, torch.zeros_like(slots),
-                                    lengths, kv_len=_round_up(longest, 64))
+        first = torch.tensor(starts, device=self.device)
+        hidden = self.model.prefill(self.cache, tokens.to(self.device), slots, first, lengths - first,
+                                    kv_len=min(_round_up(longest, 64), self.max_len))
         ids = self._sample(hidden, slots, self.model.audio_logits)
         self.tokens[slots] = ids
         self.positions[slots] = lengths
         self.active[slots] = 1
         return ids.tolist()
+
+    def _restore_prefix(self, request: Request) -> int:
+        """Put the keys/values of the request's reference turn into its slot, from the prefix cache
+        or computed now (and kept); the prompt ids they cover (0: none, the whole prompt is prefilled)."""
+        if not self.prefixes.max_tokens:
+            return 0
+        n = fmt.reference_prefix_length(request.prompt_ids)
+        if not 0 < n < len(request.prompt_ids):  # the last prompt id is prefilled: it gives the first id
+            return 0
+        prefix, slot = tuple(request.prompt_ids[:n]), request.slot
+        if (kv := self.prefixes.get(prefix)) is not None:
+            self.cache.k[:, slot, :, :n], self.cache.v[:, slot, :, :n] = kv
+            return n
+        one = torch.tensor([slot], device=self.device)
+        self.model.prefill(self.cache, torch.tensor([prefix], device=self.device), one, torch.zeros_like(one),
+                           torch.tensor([n], device=self.device), kv_len=min(_round_up(n, 64), self.max_len))
+        self.prefixes.put(prefix, self.cache.k[:, slot, :, :n].clone(), self.cache.v[:, slot, :, :n].clone())
+        return n
 
     # --- decode: every running slot, one id each ---
     @torch.inference_mode()

@@ -20,6 +20,7 @@ class SimulatedRunner:
         self.step_s = step_s
         self.audio_tokens = frames * fmt.FRAME_TOKENS  # 43 frames: 3.7 s of audio
         self.max_prompt_tokens = max_prompt_tokens
+        self.max_reference_tokens = 0  # no cloned voices on a simulated device
 
     def prefill(self, requests: list[Request]) -> list[int]:
         time.sleep(self.step_s)

@@ -11,7 +11,7 @@ stream cut after its first bytes.
 from __future__ import annotations
 
 import asyncio
-import functools
+import dataclasses
 import logging
 import uuid
 from contextlib import aclosing
@@ -21,11 +21,12 @@ import numpy as np
 
 from orpheus_local import tokens as fmt
 from orpheus_local.audio.crossfade import CROSSFADE_SAMPLES
+from orpheus_local.audio.recording import read_recording, reference_ids
 from orpheus_local.audio.snac import SnacCodec
 from orpheus_local.audio.worker import CodecWorker
-from orpheus_local.config import EngineConfig
+from orpheus_local.config import REFERENCE_TOKENS, EngineConfig
 from orpheus_local.errors import InputError
-from orpheus_local.params import SynthesisParams
+from orpheus_local.params import SynthesisParams, VoiceReference
 from orpheus_local.pipeline.guards import GuardLimits
 from orpheus_local.pipeline.parts import GuardListener, Part, join_parts
 from orpheus_local.text.split import (
@@ -75,6 +76,10 @@ class Synthesizer:
         else:
             model_dir, snac_dir = resolve_model_dir(config.model), resolve_snac_dir(config.snac)
         voices = _voices(model_dir, config)
+        if config.demo:
+            voices = voices.with_clones()  # the demo stands in for a fine-tune and a pretrained checkpoint
+        if voices.clones and not config.max_reference_tokens:
+            config = dataclasses.replace(config, max_reference_tokens=REFERENCE_TOKENS)
         tokenizer = load_tokenizer(model_dir)
         codec_worker = CodecWorker(SnacCodec(load_snac(snac_dir, device), device)).start()
         backend = _load_backend(config, model_dir, device, dtype).start()
@@ -101,7 +106,10 @@ class Synthesizer:
                    _voices(model_dir, config))
 
     def checked(self, params: SynthesisParams) -> SynthesisParams:
-        """params with the checkpoint's spelling of its voice; InputError for a voice it lacks."""
+        """params with the checkpoint's spelling of its voice; InputError for a voice it lacks, or a
+        cloned voice on a checkpoint that does not clone."""
+        if params.reference is not None:
+            self.voices.check_clones()
         if params.voice is None:
             return params
         voice = self.voices.check(params.voice)
@@ -109,7 +117,28 @@ class Synthesizer:
 
     def prompt_ids(self, params: SynthesisParams) -> list[int]:
         params = self.checked(params)
-        return fmt.build_prompt(self.tokenizer, params.text, params.voice)
+        return self._prompt(params, params.text)
+
+    def _prompt(self, params: SynthesisParams, text: str) -> list[int]:
+        """text's prompt with params' voice: its name before the text, or a cloned voice's reference turn."""
+        if (ref := params.reference) is not None:
+            return fmt.build_clone_prompt(self.tokenizer, text, ref.transcript, ref.audio_ids)
+        return fmt.build_prompt(self.tokenizer, text, params.voice)
+
+    def clone_voice(self, name: str, transcript: str, recording: bytes) -> VoiceReference:
+        """A cloned voice from a recording (any format PyAV reads, 3 to 30 s) and its transcript.
+        CPU-heavy (decoding, resampling, SNAC): call it off the event loop. InputError when the
+        checkpoint does not clone, or the recording or the transcript cannot serve."""
+        self.voices.check_clones()
+        if not transcript.strip():
+            raise InputError("transcript", "is required: the words spoken in the recording")
+        reference = VoiceReference(name, transcript.strip(),
+                                   tuple(reference_ids(self.codec_worker.codec, read_recording(recording))))
+        turn = len(fmt.reference_turn(self.tokenizer, reference.transcript, reference.audio_ids))
+        if turn > REFERENCE_TOKENS:  # the room the engine makes for a reference turn
+            raise InputError("transcript", f"too long: with the recording it takes {turn} tokens, at most "
+                                           f"{REFERENCE_TOKENS}; shorten the recording or the transcript")
+        return reference
 
     def submit_ids(self, params: SynthesisParams, request_id: str | None = None, *, ignore_eos: bool = False,
                    max_tokens: int = 0, prompt_ids: list[int] | None = None, continuation: bool = False,
@@ -170,8 +199,12 @@ class Synthesizer:
 
     async def _prompted_parts(self, params: SynthesisParams) -> list[tuple[str, list[int]]]:
         """The request's parts, each with its prompt ids, every prompt within the backend's limit."""
-        encode = functools.partial(fmt.build_prompt, self.tokenizer, voice=params.voice)
+        def encode(text: str) -> list[int]:
+            return self._prompt(params, text)
+
         limit = self.backend.max_prompt_tokens
+        if (ref := params.reference) is not None:  # its reference turn comes first, outside the text's limit
+            limit += len(fmt.reference_turn(self.tokenizer, ref.transcript, ref.audio_ids))
         parts = []
         for text in await self._split(params.text, part_chars(params.max_new_tokens)):
             parts += await self._fit(text, encode(text), encode, limit)

@@ -67,8 +67,10 @@ class ReferenceBackend:
 
     def submit(self, prompt_ids: list[int], params: SynthesisParams, request_id: str, *, ignore_eos: bool = False,
                max_tokens: int = 0, continuation: bool = False, on_ids=None) -> TokenStream:
-        if len(prompt_ids) > self.max_prompt_tokens:
-            raise InputError("text", f"too long for one generation ({len(prompt_ids)} prompt tokens, "
+        # A cloned voice's reference turn is not counted: transformers' cache has no fixed length.
+        text_tokens = len(prompt_ids) - fmt.reference_prefix_length(prompt_ids)
+        if text_tokens > self.max_prompt_tokens:
+            raise InputError("text", f"too long for one generation ({text_tokens} prompt tokens, "
                                      f"at most {self.max_prompt_tokens})")
         stream = TokenStream(request_id, on_ids=on_ids)
         with self._lock:
