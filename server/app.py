@@ -15,7 +15,7 @@ from .connections import quiet_accept_errors
 from .metrics import RequestCounter
 from .replica_id import ReplicaIdHeader, new_replica_id
 from .request_log import AccessLog
-from .routes import openai, ops, playground, segmind, speech_stream
+from .routes import openai, ops, playground, segmind, speech_stream, voices
 from .settings import ServerSettings
 from .state import ServerState, SynthesizerSource
 
@@ -57,7 +57,7 @@ def build_app(
     )
     app.state.server = state
     errors.install(app)
-    for module in (segmind, openai, speech_stream, ops, playground):
+    for module in (segmind, openai, voices, speech_stream, ops, playground):
         app.include_router(module.router)
     app.add_middleware(ApiKeyAuth, keys=keys)
     app.add_middleware(RequestCounter, metrics=state.metrics)  # outside auth: counts 401s too

@@ -26,6 +26,12 @@ CLIENT_KEY = "api_key_index"
 CLIENT_KEY_DIGEST = "api_key_digest"
 
 
+def key_digest(state) -> str | None:
+    """The SHA-256 digest of the key a request presented (request.state's), which owns its v2 jobs
+    and cloned voices; None on an open server."""
+    return getattr(state, CLIENT_KEY_DIGEST, None)
+
+
 def load_keys(path: Path | None) -> tuple[bytes, ...]:
     """One key per line; blank lines and '#' comments are skipped."""
     if path is None:

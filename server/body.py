@@ -1,10 +1,12 @@
-"""Reading a request body into a dict of fields: JSON or multipart form, within a size limit."""
+"""Reading a request body into a dict of fields: JSON or multipart form, within a size limit; or a
+multipart form with files (an upload)."""
 
 from __future__ import annotations
 
 import json
 
 from fastapi import Request
+from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
@@ -12,6 +14,7 @@ from .errors import ApiError
 
 JSON = "application/json"
 MULTIPART = "multipart/form-data"
+URLENCODED = "application/x-www-form-urlencoded"
 
 
 def _media_type(request: Request) -> str:
@@ -87,3 +90,29 @@ async def _form_fields(request: Request, body: bytes) -> dict:
     except (MultiPartException, HTTPException) as exc:
         detail = getattr(exc, "message", None) or getattr(exc, "detail", "")
         raise ApiError(400, f"malformed multipart body: {detail}", code="invalid_multipart") from None
+
+
+async def read_upload(request: Request, limit: int, *, max_files: int = 4) -> tuple[dict[str, str], dict[str, bytes]]:
+    """A multipart form's text fields and its files' contents, the whole body within limit."""
+    media = _media_type(request)
+    if media not in (MULTIPART, URLENCODED):  # a form without its file: told what is missing, not 415
+        raise ApiError(UNSUPPORTED_MEDIA_TYPE, f"Content-Type must be {MULTIPART}, got {media or 'none'}",
+                       code="unsupported_media_type")
+    body = await _read_bounded(request, limit)
+
+    async def replay() -> dict:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    fields: dict[str, str] = {}
+    files: dict[str, bytes] = {}
+    try:
+        async with Request(request.scope, replay).form(max_files=max_files) as form:
+            for key, value in form.multi_items():
+                if isinstance(value, UploadFile):
+                    files.setdefault(key, await value.read())
+                else:
+                    fields.setdefault(key, value)
+    except (MultiPartException, HTTPException) as exc:
+        detail = getattr(exc, "message", None) or getattr(exc, "detail", "")
+        raise ApiError(400, f"malformed multipart body: {detail}", code="invalid_multipart") from None
+    return fields, files

@@ -6,17 +6,20 @@ a server that answers them with 400 and 404 is not a drop-in. Each built-in voic
 English voice closest in character (a table the settings can change); the table applies only to
 voices the checkpoint has, so serving another checkpoint drops the default entries it cannot speak
 (map OpenAI's names onto its voices with --openai-voices). A checkpoint's own voice name always
-means that voice. Every OpenAI speech model name selects the served checkpoint (more names through
+means that voice. A cloned voice (POST /v1/audio/voices) is its owner's alone: a request's names
+carry the caller's clone of the name it gives, if there is one (with_clone). Every OpenAI speech model name selects the served checkpoint (more names through
 the settings' aliases).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 
-from orpheus_local.errors import NotReadyError
-from orpheus_local.voices import ENGLISH_VOICES, Voices
+from orpheus_local.errors import InputError, NotReadyError
+from orpheus_local.params import VoiceReference
+from orpheus_local.voices import ENGLISH_VOICES, Voices, voice_key
 
 from .errors import SERVED_MODEL
 
@@ -41,6 +44,10 @@ class OpenAINames:
     voices: dict[str, str] = field(default_factory=lambda: dict(OPENAI_VOICES))  # OpenAI name -> served voice
     model_aliases: dict[str, str] = field(default_factory=dict)  # another name -> a served checkpoint
     served: Voices | None = ENGLISH_VOICES
+    clone: VoiceReference | None = None  # the caller's cloned voice of the name the request gives
+
+    def with_clone(self, clone: VoiceReference | None) -> "OpenAINames":
+        return self if clone is None else dataclasses.replace(self, clone=clone)
 
     @classmethod
     def configured(cls, voices: dict[str, str], model_aliases: dict[str, str],
@@ -66,18 +73,26 @@ class OpenAINames:
                 table[name] = target
         return cls(table, dict(model_aliases), served)
 
-    def voice(self, name: str | None) -> str | None:
-        """The served voice a request's voice name stands for: one of the checkpoint's, or an OpenAI
-        name mapped to one; the checkpoint's default for none (None or blank: a form that leaves it
-        empty). InputError for any other name."""
+    def voice(self, name: str | None) -> str | VoiceReference | None:
+        """The served voice a request's voice name stands for: one of the checkpoint's, the caller's
+        cloned voice, or an OpenAI name mapped to one; the checkpoint's default for none (None or
+        blank: a form that leaves it empty). InputError for any other name, and for a cloned voice
+        on a checkpoint that does not clone."""
         if self.served is None:
             raise NotReadyError("the checkpoint's voices are not known until it has loaded")
         if name is None or not name.strip():
             return self.served.default
         if (found := self.served.find(name)) is not None:
             return found
+        if self.clone is not None and voice_key(self.clone.name) == voice_key(name):
+            self.served.check_clones()
+            return self.clone
         if (mapped := self.voices.get(name.strip().lower())) is not None:
             return mapped
+        if self.served.clones:
+            listed = f"one of {self.served} or " if self.served.names else ""
+            raise InputError("voice", f"unknown voice {name!r}; choose {listed}one of your cloned voices "
+                                      "(GET /v1/audio/voices lists them, POST /v1/audio/voices makes one)")
         return self.served.check(name)  # raises, listing the voices there are
 
     def accepts_model(self, name: str) -> bool:

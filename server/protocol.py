@@ -11,7 +11,7 @@ from pydantic import BaseModel, BeforeValidator, Field, ValidationError
 
 from orpheus_local.audio.encoders import FORMATS, SPEED_MAX, SPEED_MIN
 from orpheus_local.errors import InputError
-from orpheus_local.params import RANGES, TOP_K_RANGE, SynthesisParams
+from orpheus_local.params import RANGES, TOP_K_RANGE, SynthesisParams, VoiceReference
 
 from .errors import SERVED_MODEL, from_core, invalid, text_too_long, unknown_model
 from .openai_names import SPEECH_MODELS, OpenAINames
@@ -47,9 +47,9 @@ def _voice_name(value):
 
 
 Voice = Annotated[str, BeforeValidator(_voice_name)]
-_VOICE_DESCRIPTION = ("speaker: one of the served checkpoint's voices, or an OpenAI voice name mapped to one "
-                      '(GET /v1/audio/voices); also as an object, {"id": "tara"}; absent or empty: the '
-                      "checkpoint's default")
+_VOICE_DESCRIPTION = ("speaker: one of the served checkpoint's voices, one of your cloned voices (on a "
+                      "pretrained checkpoint), or an OpenAI voice name mapped to one (GET /v1/audio/voices); "
+                      'also as an object, {"id": "tara"}; absent or empty: the checkpoint\'s default')
 
 
 def _ranged(name: str, description: str):
@@ -72,12 +72,14 @@ class Sampling(BaseModel):
                           names: OpenAINames) -> SynthesisParams:
         """The one mapping to SynthesisParams; its checks (empty text, unknown voice or tag) become
         400s, text longer than max_chars a 413. An OpenAI voice name becomes the voice it maps to, no
-        voice the checkpoint's default."""
+        voice the checkpoint's default, the caller's cloned voice its reference."""
         if len(text) > max_chars:
             raise text_too_long(field, len(text), max_chars)
         try:
+            served = names.voice(voice)
+            reference = served if isinstance(served, VoiceReference) else None
             return SynthesisParams(
-                text=text, voice=names.voice(voice), temperature=self.temperature, top_p=self.top_p,
+                text=text, voice=None if reference else served, reference=reference, temperature=self.temperature, top_p=self.top_p,
                 max_new_tokens=self.max_new_tokens, repetition_penalty=self.repetition_penalty, seed=self.seed,
                 top_k=self.top_k,
             )

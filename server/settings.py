@@ -89,11 +89,18 @@ class ServerSettings(BaseSettings):
         "", description="comma-separated addresses whose X-Forwarded-For and X-Forwarded-Proto headers are trusted; "
                         "empty: none")
 
+    # --- cloned voices (a pretrained checkpoint, or --demo) ---
+    max_voice_bytes: int = Field(
+        16 << 20, ge=1, description="largest POST /v1/audio/voices body (the reference recording and its fields; 413 "
+                                    "above)")
+    max_voices_per_key: int = Field(
+        100, ge=1, description="cloned voices one API key may keep (all clients together on an open server)")
+
     # --- v2 job store ---
     state_dir: Path = Field(
         Path("~/.local/state/orpheus-local"), validate_default=True,
-        description="directory for the server's state: the v2 job store's SQLite file (jobs.sqlite3) unless "
-                    "--jobs-url says otherwise")
+        description="directory for the server's state: the cloned voices (voices.sqlite3) and the v2 job store's "
+                    "SQLite file (jobs.sqlite3) unless --jobs-url says otherwise")
     jobs_url: str | None = Field(
         None, description="where v2 jobs and their results are kept, shared by every server that is given the same: "
                           "redis://[:password@]host[:port][/db] (servers on many machines), or "
@@ -180,8 +187,11 @@ class ServerSettings(BaseSettings):
         checkpoint's voices.json (or the English fine-tune's); None for a hub id, whose voices.json
         is read once it is downloaded. ValueError for a voices.json that cannot be read."""
         if self.voices is not None:
-            return Voices.of(parse_voice_names(self.voices))
-        if self.demo or self.simulated_step_ms is not None:
+            voices = Voices.of(parse_voice_names(self.voices))
+            return voices.with_clones() if self.demo else voices
+        if self.demo:
+            return checkpoint_voices(None).with_clones()  # the demo stands in for a pretrained checkpoint too
+        if self.simulated_step_ms is not None:
             return checkpoint_voices(None)
         if looks_like_hub_id(self.weights):
             return None

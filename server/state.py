@@ -21,7 +21,10 @@ from .generation import Admission
 from .job_store import backend_for
 from .jobs import JobStore, JobStoreError
 from .metrics import Metrics
+from .openai_names import OpenAINames
 from .settings import ServerSettings
+from .voice_store import DEFAULT_FILE as VOICES_FILE
+from .voice_store import ClonedVoiceStore
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,8 @@ class ServerState:
         # Opened at start-up, in load(): nothing is read or written until then.
         self.jobs = JobStore(self.admission, self.encoders, backend_for(settings.jobs_url, settings.state_dir),
                              settings.max_jobs, settings.job_ttl_s)
+        self.cloned_voices = ClonedVoiceStore(settings.state_dir / VOICES_FILE)
+        self.cloning = asyncio.Lock()  # one reference recording encoded at a time: each takes the CPU for a while
         self.synth: Synthesizer | None = None
         self.owns_synth = False
         self.ready = False
@@ -79,6 +84,7 @@ class ServerState:
         up, then mark ready."""
         try:
             await self.jobs.open()  # first: a store that cannot be reached fails the start-up at once
+            await self.cloned_voices.open()
             if callable(source):
                 self.synth, self.owns_synth = await asyncio.to_thread(source), True
             else:
@@ -104,6 +110,13 @@ class ServerState:
         finally:
             self.loaded.set()
 
+    async def names_for(self, owner: str | None, voice: str | None) -> OpenAINames:
+        """The names a request may use: the served ones, and owner's cloned voice named voice, if any."""
+        names = self.openai_names
+        if voice is None or not voice.strip() or names.served is None or names.served.find(voice) is not None:
+            return names
+        return names.with_clone(await self.cloned_voices.find(owner, voice))
+
     def _served_voices(self) -> Voices:
         """--voices when set, else the loaded checkpoint's (what the settings tell for a stand-in
         synthesizer that has none)."""
@@ -114,6 +127,7 @@ class ServerState:
     async def close(self) -> None:
         self.ready = False
         await self.jobs.close()
+        await self.cloned_voices.close()
         self.encoders.close()
         if self.owns_synth and self.synth is not None:
             await asyncio.to_thread(self.synth.close)

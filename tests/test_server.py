@@ -277,7 +277,8 @@ async def test_voices_and_models():
     async with serve(FakeSynth()) as (client, _):
         voices = await client.get("/v1/audio/voices")
         models = await client.get("/v1/models")
-    assert voices.json() == {"voices": list(VOICES), "default": DEFAULT_VOICE, "openai_voices": OPENAI_VOICES}
+    assert voices.json() == {"voices": list(VOICES), "default": DEFAULT_VOICE, "openai_voices": OPENAI_VOICES,
+                             "cloning": False, "cloned_voices": []}
     body = models.json()
     assert body["object"] == "list"
     assert {m["id"] for m in body["data"]} == {"orpheus-3b-0.1", "orpheus", "tts-1", "tts-1-hd", "gpt-4o-mini-tts"}
@@ -586,7 +587,8 @@ async def test_openapi_document_lists_every_route():
         "/v1/requests/{request_id}": {"get"},
         "/v2/requests/{request_id}/output.wav": {"get"},
         "/v1/audio/speech": {"post"},
-        "/v1/audio/voices": {"get"},
+        "/v1/audio/voices": {"get", "post"},
+        "/v1/audio/voices/{name}": {"delete"},
         "/v1/models": {"get"},
         "/health": {"get"},
         "/ready": {"get"},

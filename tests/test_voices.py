@@ -154,7 +154,8 @@ async def test_the_server_serves_the_voices_of_its_checkpoint(fine_tune):
         spoken = await client.post(V1, json={"text": "Bonjour.", "voice": "Pierre", "max_new_tokens": 100, "seed": 1})
         refused = [await client.post(path, json={"text": "Hi", "voice": "tara"}) for path in (V1, V2)]
         openai = await client.post(SPEECH, json={"input": "Hi", "voice": "alloy"})
-    assert listed == {"voices": ["pierre", "amelie", "유나"], "default": "amelie", "openai_voices": {}}
+    assert listed == {"voices": ["pierre", "amelie", "유나"], "default": "amelie", "openai_voices": {},
+                      "cloning": False, "cloned_voices": []}
     assert spoken.status_code == 200 and spoken.headers["content-type"] == "audio/wav"
     assert [r.status_code for r in refused] == [400, 400]
     assert [r.json() for r in refused] == [{"error": f"voice: unknown voice 'tara'; {LISTED}"}] * 2
@@ -181,7 +182,8 @@ async def test_the_english_fine_tune_keeps_its_voices_default_and_openai_table()
     async with serve(synth) as (client, _):
         listed = (await client.get("/v1/audio/voices")).json()
         await client.post(V1, json={"text": "Hi."})
-    assert listed == {"voices": list(VOICES), "default": "dan", "openai_voices": OPENAI_VOICES}
+    assert listed == {"voices": list(VOICES), "default": "dan", "openai_voices": OPENAI_VOICES, "cloning": False,
+                      "cloned_voices": []}
     assert synth.asked[0].voice == "dan"
 
 
@@ -191,7 +193,8 @@ async def test_voices_set_in_the_settings_win_over_the_checkpoints():
         listed = (await client.get("/v1/audio/voices")).json()
         refused = await client.post(V1, json={"text": "Hi", "voice": "tara"})
         await client.post(V1, json={"text": "Hallo."})
-    assert listed == {"voices": ["jana", "thomas", "max"], "default": "jana", "openai_voices": {}}
+    assert listed == {"voices": ["jana", "thomas", "max"], "default": "jana", "openai_voices": {}, "cloning": False,
+                      "cloned_voices": []}
     assert refused.json() == {"error": "voice: unknown voice 'tara'; choose one of jana, thomas, max"}
     assert synth.asked[0].voice == "jana"
     assert ServerSettings(voices="jana, thomas,max").engine_config().voices == ("jana", "thomas", "max")
@@ -234,10 +237,10 @@ async def test_a_checkpoint_without_voices_is_prompted_with_the_text_alone():
         listed = (await client.get("/v1/audio/voices")).json()
         spoken = await client.post(V1, json={"text": "Hello."})
         refused = await client.post(V1, json={"text": "Hello.", "voice": "tara"})
-    assert listed == {"voices": [], "default": None, "openai_voices": {}}
+    assert listed == {"voices": [], "default": None, "openai_voices": {}, "cloning": True, "cloned_voices": []}
     assert spoken.status_code == 200 and synth.asked[0].voice is None
-    assert refused.json() == {"error": "voice: unknown voice 'tara'; this checkpoint has no voices (it is prompted "
-                                       "with the text alone): leave the voice out"}
+    assert refused.json() == {"error": "voice: unknown voice 'tara'; choose one of your cloned voices "
+                                       "(GET /v1/audio/voices lists them, POST /v1/audio/voices makes one)"}
 
 
 async def test_a_speech_session_refuses_a_voice_the_checkpoint_lacks_and_speaks_in_one_it_has():

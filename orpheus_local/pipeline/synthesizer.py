@@ -133,7 +133,7 @@ class Synthesizer:
         if not transcript.strip():
             raise InputError("transcript", "is required: the words spoken in the recording")
         reference = VoiceReference(name, transcript.strip(),
-                                   tuple(reference_ids(self.codec_worker.codec, read_recording(recording))))
+                                   tuple(reference_ids(self.codec_worker.core.codec, read_recording(recording))))
         turn = len(fmt.reference_turn(self.tokenizer, reference.transcript, reference.audio_ids))
         if turn > REFERENCE_TOKENS:  # the room the engine makes for a reference turn
             raise InputError("transcript", f"too long: with the recording it takes {turn} tokens, at most "

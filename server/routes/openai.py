@@ -1,4 +1,4 @@
-"""OpenAI's speech API: POST /v1/audio/speech, and the voices and models it serves."""
+"""OpenAI's speech API: POST /v1/audio/speech, and the models it serves (the voices: voices.py)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from fastapi.responses import Response
 
 from orpheus_local.audio.encoders import FORMATS, StreamEncoder, audio_format
 
+from ..auth import key_digest
 from ..body import JSON, MULTIPART, read_fields
-from ..errors import not_ready
 from ..generation import encoded, pcm_chunks, whole_file
 from ..protocol import SpeechRequest, openapi_body, parse
 from ..state import State
@@ -33,7 +33,8 @@ _AUDIO = {fmt.content_type: {} for fmt in FORMATS.values()}
 async def speech(request: Request, state: State) -> Response:
     synth = state.synthesizer()
     body = parse(SpeechRequest, await read_fields(request, state.settings.max_body_bytes))
-    params = body.synthesis_params(state.settings.max_text_chars, state.openai_names)
+    names = await state.names_for(key_digest(request.state), body.voice)
+    params = body.synthesis_params(state.settings.max_text_chars, names)
     request_id = uuid.uuid4().hex
     headers = {"X-Request-Id": request_id}
     if ignored := body.ignored_fields():
@@ -60,15 +61,6 @@ async def _sse_events(audio: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         async for data in audio:
             yield _event({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
     yield _event({"type": "speech.audio.done"})
-
-
-@router.get("/v1/audio/voices", summary="the served checkpoint's voices and default, and the OpenAI voice names "
-                                        "mapped to them")
-async def voices(state: State) -> dict:
-    names = state.openai_names
-    if names.served is None:  # a hub checkpoint not downloaded yet
-        raise not_ready()
-    return {"voices": list(names.served.names), "default": names.served.default, "openai_voices": names.voices}
 
 
 @router.get("/v1/models", summary="the model names /v1/audio/speech accepts (and dated gpt-4o-mini-tts names)")

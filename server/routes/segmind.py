@@ -35,7 +35,8 @@ async def _read(request: Request, state: State) -> SegmindRequest:
 async def synthesize(request: Request, state: State) -> Response:
     synth = state.synthesizer()
     body = await _read(request, state)
-    params = body.synthesis_params(state.settings.max_text_chars, state.openai_names)
+    names = await state.names_for(_client(request), body.voice)
+    params = body.synthesis_params(state.settings.max_text_chars, names)
     request_id = uuid.uuid4().hex
     started = time.perf_counter()
     chunks = pcm_chunks(synth, params, request_id, state.metrics, whole_file=not body.stream)
@@ -55,7 +56,8 @@ async def synthesize(request: Request, state: State) -> Response:
 async def submit(request: Request, state: State) -> dict:
     synth = state.synthesizer()
     body = await _read(request, state)
-    params = body.synthesis_params(state.settings.max_text_chars, state.openai_names)
+    names = await state.names_for(_client(request), body.voice)
+    params = body.synthesis_params(state.settings.max_text_chars, names)
     job = await state.jobs.submit(lambda job_id: pcm_chunks(synth, params, job_id, state.metrics, whole_file=True),
                                   speed=body.speed, owner=_client(request), quota=state.settings.max_jobs_per_key)
     status_url = _link(request, state, "job_status", job.id)
