@@ -7,7 +7,7 @@ import asyncio
 from typing import AsyncIterator, Awaitable, TypeVar
 
 from fastapi import Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from .errors import ClientGone
@@ -15,19 +15,53 @@ from .errors import ClientGone
 T = TypeVar("T")
 
 
-class ClosingStreamingResponse(StreamingResponse):
-    """Closes its body iterator however the response ends, so a generation is cancelled at once
-    when the client disconnects (Starlette cancels the sending task, not the iterator)."""
+class LiveStreamResponse(Response):
+    """Sends its chunks as they come, and stops at once when the client disconnects: its body
+    iterator is closed however the response ends, so the generation behind it is cancelled.
+
+    Starlette's StreamingResponse does the same through a task group per response; at hundreds of
+    streams that machinery is a visible part of the host's work. Here one small watcher task waits
+    for the disconnect and cancels the sending task.
+    """
+
+    def __init__(self, chunks: AsyncIterator[bytes], media_type: str, headers: dict[str, str]):
+        self.chunks = chunks
+        self.status_code = 200
+        self.media_type = media_type
+        self.background = None
+        self.init_headers(headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        sender = asyncio.current_task()
+        gone = False
+        done = False
+
+        async def watch() -> None:
+            nonlocal gone
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            if not done:
+                gone = True
+                sender.cancel()
+
+        watcher = asyncio.ensure_future(watch())
         try:
-            await super().__call__(scope, receive, send)
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            async for data in self.chunks:
+                await send({"type": "http.response.body", "body": data, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if not gone:
+                raise
+            sender.uncancel()  # the client left: the response ends here, quietly
         finally:
-            await self.body_iterator.aclose()
+            done = True
+            watcher.cancel()
+            await self.chunks.aclose()
 
 
 async def start_stream(request: Request, chunks: AsyncIterator[bytes], media_type: str,
-                       headers: dict[str, str]) -> StreamingResponse:
+                       headers: dict[str, str]) -> LiveStreamResponse:
     """Wait for the first bytes before answering, so that an error before any audio (busy, failed)
     still gets its own status code instead of a broken 200. A client that leaves meanwhile (queued,
     prefilling, decoding) cancels the generation at once and is answered 499 (ClientGone)."""
@@ -45,7 +79,7 @@ async def start_stream(request: Request, chunks: AsyncIterator[bytes], media_typ
         finally:
             await chunks.aclose()
 
-    return ClosingStreamingResponse(body(), media_type=media_type, headers=headers)
+    return LiveStreamResponse(body(), media_type, headers)
 
 
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:

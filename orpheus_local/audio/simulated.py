@@ -27,6 +27,8 @@ def _speech_like_second(seed: int = 0) -> np.ndarray:
 class SpeechLikeCodec:
     def __init__(self):
         self._second = _speech_like_second()
+        # the second looped 4 times: any window a stream decodes (32 frames at most) is one slice of it
+        self._looped = np.tile(self._second, 4)
 
     def decode_windows(self, windows: Sequence[Window]) -> list[np.ndarray]:
         return [self.audio(w.start * fmt.SAMPLES_PER_FRAME, w.count * fmt.SAMPLES_PER_FRAME) for w in windows]
@@ -35,4 +37,6 @@ class SpeechLikeCodec:
         """`length` samples of the looped second, from sample `start` of a stream."""
         n = len(self._second)
         offset = start % n
+        if offset + length <= len(self._looped):
+            return self._looped[offset:offset + length].copy()  # the caller may change its chunk
         return np.tile(self._second, (offset + length) // n + 1)[offset:offset + length]
