@@ -31,9 +31,13 @@ class Request:
     slot: int | None = None
     generated: list[int] = field(default_factory=list)
     aborted: bool = False
+    limit: int = field(init=False)  # ids it may generate: max_tokens, else params.max_new_tokens
+
+    def __post_init__(self):
+        self.limit = self.max_tokens or self.params.max_new_tokens
 
     def budget_left(self) -> int:
-        return (self.max_tokens or self.params.max_new_tokens) - len(self.generated)
+        return self.limit - len(self.generated)
 
 
 @dataclass(eq=False)
