@@ -38,6 +38,7 @@ from orpheus_local.text.split import part_chars
 from orpheus_local.tokens import SAMPLE_RATE
 
 from . import request_log
+from .auth import key_digest
 from .errors import ApiError, invalid
 from .generation import encoded, pcm_chunks
 from .protocol import Number, Sampling, Voice, parse
@@ -56,8 +57,8 @@ class SessionConfig(Sampling):
 
     model_config = ConfigDict(extra="forbid")
 
-    voice: Voice | None = Field(None, description="one of the served checkpoint's voices or an OpenAI voice name "
-                                                  "mapped to one; absent: the checkpoint's default")
+    voice: Voice | None = Field(None, description="one of the served checkpoint's voices, one of your cloned voices, "
+                                                  "or an OpenAI voice name mapped to one; absent: the checkpoint's default")
     response_format: Literal[SESSION_FORMATS] = Field("pcm", description="pcm: s16le 24 kHz mono")
     speed: Number = Field(1.0, ge=SPEED_MIN, le=SPEED_MAX, description="playback speed factor")
 
@@ -126,6 +127,7 @@ class SpeechSession:
         self.id = uuid.uuid4().hex[:16]
         self.fields: dict = {}  # what session.update has set so far
         self.config = SessionConfig()
+        self.names = state.openai_names  # with the caller's cloned voice, once session.update names one
         self.text = SentenceBuffer(part_chars(self.config.max_new_tokens))
         self.queue: deque[Utterance] = deque()  # complete, not yet being sent, in order
         self.current: Utterance | None = None
@@ -188,7 +190,7 @@ class SpeechSession:
         if self.closing and kind != "response.cancel":
             raise invalid("type", f"{kind} after session.close: the session only finishes what it has")
         if kind == "session.update":
-            self._update(body)
+            await self._update(body)
         elif kind == "input_text.append":
             self._hold(body.get("text"))
             self.text.append(body["text"])
@@ -202,11 +204,12 @@ class SpeechSession:
             self.closing = True
             self.changed.set()
 
-    def _update(self, changes: dict) -> None:
+    async def _update(self, changes: dict) -> None:
         config = parse(SessionConfig, {**self.fields, **changes})  # the old settings stay on an error
-        config.synthesis_params("Hi.", self.state.openai_names)  # a voice the checkpoint has, before it is needed
+        names = await self.state.names_for(key_digest(self.ws.state), config.voice)
+        config.synthesis_params("Hi.", names)  # a voice the checkpoint has (or the caller's clone), before it is needed
         self.fields.update(changes)
-        self.config = config
+        self.config, self.names = config, names
         self.text.max_chars = part_chars(config.max_new_tokens)
 
     def _hold(self, text) -> None:
@@ -223,7 +226,7 @@ class SpeechSession:
     async def _enqueue(self, parts: list[str]) -> None:
         for text in parts:
             try:
-                params = self.config.synthesis_params(text, self.state.openai_names)
+                params = self.config.synthesis_params(text, self.names)
             except ApiError as exc:  # an unknown tag, say: that part is not spoken, the session goes on
                 await self._send_error(exc)
                 continue

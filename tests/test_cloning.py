@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from support.recordings import flac_bytes, tone, wav_bytes
 
 from orpheus_local import tokens as fmt
 from orpheus_local.audio.recording import read_recording, reference_ids
@@ -20,7 +21,6 @@ from orpheus_local.params import SynthesisParams, VoiceReference
 from orpheus_local.pipeline.synthesizer import Synthesizer
 from orpheus_local.voices import ENGLISH_VOICES, Voices
 from orpheus_local.weights.checkpoint import load_snac, load_tokenizer
-from tests.support.recordings import flac_bytes, tone, wav_bytes
 
 
 @pytest.fixture(scope="module")

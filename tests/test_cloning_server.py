@@ -5,14 +5,19 @@ state directory across restarts; one API key's alone; refused on a fine-tune."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
+import httpx
 import numpy as np
 import pytest
+import websockets
 from support.asgi import SPEECH, V1, V2, serve
 from support.recordings import flac_bytes, tone, wav_bytes
+from support.uvicorn_thread import uvicorn_in_thread
 from support.wav import wav_samples
 
 from orpheus_local.pipeline.synthesizer import Synthesizer
+from server.speech_session import ROUTE
 
 VOICES = "/v1/audio/voices"
 TRANSCRIPT = "It was a bright cold day in April."
@@ -165,3 +170,22 @@ async def test_a_fine_tune_refuses_cloned_voices_with_a_clear_message(synthesize
                "this server serves a fine-tune, whose voices are tara, leah, jess, leo, dan, mia, zac, zoe, josh, emma")
     assert made.status_code == 400 and made.json()["error"]["message"] == message
     assert spoken.status_code == 400 and spoken.json() == {"error": message}
+
+
+async def test_a_speech_session_speaks_in_the_callers_cloned_voice(pretrained, tmp_path):
+    keys = tmp_path / "keys"
+    keys.write_text("key-one\nkey-two\n")
+    with uvicorn_in_thread(pretrained, api_keys_file=keys) as (_, port, _loop):
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            assert (await clone(client, key="key-one")).status_code == 201
+        sessions = {}
+        for key in ("key-two", "key-one"):
+            async with websockets.connect(f"ws://127.0.0.1:{port}{ROUTE}?api_key={key}") as ws:
+                await ws.send(json.dumps({"type": "session.update", "voice": "narrator", "max_new_tokens": 100}))
+                await ws.send(json.dumps({"type": "input_text.append", "text": "Hello there."}))
+                await ws.send(json.dumps({"type": "session.close"}))
+                sessions[key] = [json.loads(m) for m in [m async for m in ws] if isinstance(m, str)]
+    refused = sessions["key-two"][0]
+    assert refused["type"] == "error" and refused["param"] == "voice"
+    assert "unknown voice 'narrator'" in refused["message"]
+    assert [e["type"] for e in sessions["key-one"]] == ["speech.started", "speech.done", "session.closed"]
