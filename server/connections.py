@@ -1,8 +1,10 @@
-"""GuardedH11Protocol: uvicorn's HTTP/1.1 protocol with the limits a server facing the open network needs.
+"""GuardedHttpToolsProtocol: uvicorn's HTTP/1.1 protocol with the limits a server facing the open network needs.
 
-uvicorn has no deadline for receiving a request (its keep-alive timer is reset by every byte) and no
+It is uvicorn's httptools protocol: a C parser (at hundreds of streams the pure-Python h11 protocol
+was a fifth of the event loop's work). uvicorn has no deadline for receiving a request (its keep-alive timer is reset by every byte) and no
 cap on open connections, so a client sending a header byte every few seconds holds a socket for
-ever, and enough of them exhaust the file descriptors. This protocol adds:
+ever, and enough of them exhaust the file descriptors; and its httptools parser has no limit on a
+request's head. This protocol adds:
 
 - a receipt deadline: a request's headers and body must have arrived `receive_timeout_s` after the
   connection opened (or after the previous response on a kept-alive connection), or the connection
@@ -10,6 +12,8 @@ ever, and enough of them exhaust the file descriptors. This protocol adds:
 - a send deadline: a client that reads nothing for `send_timeout_s` while its response waits to be
   written (the socket's buffers full; the kernel queues at most UNSENT_BYTES unsent) is dropped,
   which ends its generation and frees its place;
+- a head limit: a request line and headers over MAX_HEAD_BYTES are answered 400 and the connection
+  closed (as h11 does at its 16 KiB);
 - a connection cap: at `max_connections` open connections, a new one takes the place of the oldest
   connection that has not sent a whole request (a slow sender, or one idling between requests);
   when every connection has a request under way, the new one is answered 503 and closed at once. So
@@ -30,8 +34,7 @@ import socket
 import struct
 import time
 
-import h11
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 log = logging.getLogger(__name__)
@@ -40,6 +43,7 @@ log = logging.getLogger(__name__)
 CUT_KEY = "orpheus.cut"
 RECEIVE_TIMEOUT, SLOW_READER = "receive timeout", "slow reader"
 UNSENT_BYTES = 16 * 1024  # queued in the kernel per connection, beyond what is in flight
+MAX_HEAD_BYTES = 16 * 1024  # a request's line and headers
 
 _REFUSAL_BODY = b'{"error": "too many open connections; retry shortly"}'
 _REFUSAL = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n"
@@ -78,13 +82,13 @@ class ConnectionLimits:
             f"closed connections that did not send a whole request within {receive_timeout_s:g} s")
         self.slow_readers = RateLimitedWarning(f"dropped clients that read nothing for {send_timeout_s:g} s")
         # Open connections by age, oldest first (a kept-alive one counts from its last response).
-        self._by_age: dict[GuardedH11Protocol, None] = {}
+        self._by_age: dict[GuardedHttpToolsProtocol, None] = {}
 
-    def opened(self, connection: GuardedH11Protocol) -> None:
+    def opened(self, connection: GuardedHttpToolsProtocol) -> None:
         self._by_age.pop(connection, None)
         self._by_age[connection] = None
 
-    def closed(self, connection: GuardedH11Protocol) -> None:
+    def closed(self, connection: GuardedHttpToolsProtocol) -> None:
         self._by_age.pop(connection, None)
 
     def make_room(self) -> bool:
@@ -97,9 +101,9 @@ class ConnectionLimits:
                 return True
         return False
 
-    def protocol(self) -> type[H11Protocol]:
+    def protocol(self) -> type[HttpToolsProtocol]:
         """The protocol class to give uvicorn.Config(http=...)."""
-        return self._bound(GuardedH11Protocol)
+        return self._bound(GuardedHttpToolsProtocol)
 
     def ws_protocol(self) -> type[WebSocketsSansIOProtocol]:
         """The WebSocket protocol class to give uvicorn.Config(ws=...)."""
@@ -110,7 +114,11 @@ class ConnectionLimits:
         return type(f"Guarded{protocol.__name__}", (protocol,), {"limits": self})
 
 
-class GuardedH11Protocol(H11Protocol):
+class HeadTooLarge(ValueError):
+    """Raised from the parser's callback: httptools turns it into the 400 its bad requests get."""
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
     limits: ConnectionLimits  # set on the subclass ConnectionLimits.protocol() makes
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -118,6 +126,8 @@ class GuardedH11Protocol(H11Protocol):
         super().connection_made(transport)
         self._receipt_timer: asyncio.TimerHandle | None = None
         self._send_timer: asyncio.TimerHandle | None = None
+        self._head_bytes = 0
+        self._requests_whole = self._responses_done = 0  # equal: no whole request waits for its answer
         if over_cap and not self.limits.make_room():
             self.limits.refused.note(_address(self.client))
             transport.write(_REFUSAL)
@@ -132,22 +142,45 @@ class GuardedH11Protocol(H11Protocol):
         self.limits.closed(self)
         super().connection_lost(exc)
 
-    def handle_websocket_upgrade(self, event: h11.Request) -> None:
+    def handle_websocket_upgrade(self) -> None:
         self._cancel_timers()  # the WebSocket protocol owns the connection from here on
         self.limits.closed(self)
-        super().handle_websocket_upgrade(event)
+        super().handle_websocket_upgrade()
+
+    # parser callbacks
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._count_head(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_head(len(name) + len(value) + 4)  # ": " and CRLF
+        super().on_header(name, value)
+
+    def on_message_complete(self) -> None:
+        self._requests_whole += 1
+        super().on_message_complete()
 
     def on_response_complete(self) -> None:
+        self._responses_done += 1
         super().on_response_complete()
         if not self.transport.is_closing():
             self.limits.opened(self)  # waiting for its next request: as young as a new connection
             self._arm_receipt()  # the next request on this connection gets its own deadline
 
+    def _count_head(self, n: int) -> None:
+        self._head_bytes += n
+        if self._head_bytes > MAX_HEAD_BYTES:
+            raise HeadTooLarge(f"request line and headers over {MAX_HEAD_BYTES} bytes")
+
     def receiving(self) -> bool:
         """Open, ours (not handed to the WebSocket protocol), and its request not whole yet (or none
         sent since the last response)."""
         return (not self.transport.is_closing() and self.transport.get_protocol() is self
-                and self.conn.their_state in (h11.IDLE, h11.SEND_BODY))
+                and self._requests_whole == self._responses_done)
 
     def waiting_for_request(self) -> bool:
         """Receiving, with no response under way."""

@@ -24,9 +24,9 @@ from orpheus_local.weights.checkpoint import (
 )
 
 from .connections import ConnectionLimits
-from .gil import favour_the_engine_thread
 from .lifecycle import GracefulServer
 from .logs import configure_logging, log_settings
+from .process_tuning import tune_for_serving
 from .settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         # X-Forwarded-For and -Proto are believed from the configured proxies only (uvicorn trusts loopback by default)
         proxy_headers=bool(trusted), forwarded_allow_ips=trusted or None,
     )
-    favour_the_engine_thread()
+    tune_for_serving()
     server = GracefulServer(server_config, app.state.server, settings.shutdown_grace_s)
     server.run()
     if failures:

@@ -28,7 +28,7 @@ from ray import serve
 from ray.serve.metrics import Gauge
 
 from .app import build_app
-from .gil import favour_the_engine_thread
+from .process_tuning import tune_for_serving
 from .settings import ServerSettings
 from .state import WARMUP
 
@@ -49,7 +49,7 @@ class OrpheusReplica:
         from orpheus_local.pipeline.synthesizer import Synthesizer
 
         self.settings = ServerSettings(**settings)
-        favour_the_engine_thread()  # as a single server does
+        tune_for_serving()  # as a single server does
         self.synth = await asyncio.to_thread(Synthesizer.load, self.settings.engine_config())
         if self.settings.warmup:
             await self.synth.synthesize(WARMUP, "warmup")

@@ -97,14 +97,21 @@ async def test_a_failing_generation_fails_alone_with_its_request_id(synthesizer,
 
         monkeypatch.setattr(engine.runner, "prefill", failing_prefill)
     else:  # the failure of one request inside a decode batch it shares with the others
-        accept = engine._accept
+        class FailingIds(list):
+            def append(self, token):
+                if len(self) == 3:  # before any audio
+                    raise RuntimeError("injected token failure")
+                super().append(token)
 
-        def failing_accept(request, token, output):
-            if poisoned([request]) and len(request.generated) == 3:  # before any audio
-                raise RuntimeError("injected token failure")
-            accept(request, token, output)
+        prefill = engine.runner.prefill
 
-        monkeypatch.setattr(engine, "_accept", failing_accept)
+        def poisoning_prefill(requests):
+            for request in requests:
+                if poisoned([request]):  # its ids fail while the engine routes a decode step's ids
+                    request.generated = FailingIds(request.generated)
+            return prefill(requests)
+
+        monkeypatch.setattr(engine.runner, "prefill", poisoning_prefill)
 
     async with serve(synthesizer) as (client, app):
         others = [asyncio.create_task(client.post(V1, json={**SHORT, "seed": seed, "max_new_tokens": 200}))

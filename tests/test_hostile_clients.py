@@ -13,7 +13,7 @@ from support.asgi import SPEECH, V1, FakeSynth, call_asgi, serve
 from support.uvicorn_thread import call_in_loop, uvicorn_in_thread
 
 from server import main as server_main
-from server.connections import quiet_accept_errors
+from server.connections import MAX_HEAD_BYTES, quiet_accept_errors
 
 WAIT_S = 30  # bound on waiting for an event that must happen; never reached when things work
 BODY = b'{"text": "Hello there.", "voice": "tara", "stream": true}'
@@ -65,6 +65,30 @@ def test_slow_senders_are_closed_at_the_receipt_deadline(caplog):
     assert after.startswith(b"HTTP/1.1 200 ")
     # One warning line, however many connections: the log cannot be flooded.
     assert len(warnings(caplog, "closed connections that did not send a whole request within 0.5 s")) == 1
+
+
+def test_a_request_head_over_the_limit_is_answered_400_and_closed_and_one_under_it_is_served():
+    def health_with(header_bytes: int) -> bytes:
+        padding = b"x-pad: " + b"a" * (header_bytes - 9) + b"\r\n"
+        return read_to_end(connect(port, b"GET /health HTTP/1.1\r\nhost: x\r\n" + padding + b"connection: close\r\n\r\n"))
+
+    with uvicorn_in_thread(FakeSynth()) as (app, port, loop):
+        under, over = health_with(MAX_HEAD_BYTES // 2), health_with(MAX_HEAD_BYTES + 1)
+        flood = connect(port, b"GET /health HTTP/1.1\r\nhost: x\r\n")
+        try:  # headers that never end: the answer comes at the limit, not when the client stops
+            for _ in range(MAX_HEAD_BYTES // 1000 + 2):
+                flood.sendall(b"x-more: " + b"b" * 990 + b"\r\n")
+        except OSError:  # closed under the sender's feet: the rest of the flood is refused
+            pass
+        flooded = b""
+        with flood:  # the server closes with the flood unread, so a reset may follow its answer
+            try:
+                while chunk := flood.recv(65536):
+                    flooded += chunk
+            except ConnectionResetError:
+                pass
+    assert under.startswith(b"HTTP/1.1 200 ")
+    assert over.startswith(b"HTTP/1.1 400 ") and flooded.startswith(b"HTTP/1.1 400 ")
 
 
 def test_at_the_connection_cap_a_new_client_takes_the_place_of_the_oldest_slow_one(caplog):

@@ -70,7 +70,12 @@ class RepeatWatch:
         return self._watch(tuple(ids[i:i + fmt.FRAME_TOKENS]) for i in range(0, len(ids), fmt.FRAME_TOKENS))
 
     def _watch(self, frames) -> Runaway | None:
+        quick = len(self._runs) - 1 < self.length  # then no cycle fires without a repeat in it
         for index, frame in enumerate(frames):
+            if quick and frame not in self._recent:  # speech, nearly always: every run is broken
+                self._runs = [0] * len(self._runs)
+                self._recent.append(frame)
+                continue
             for period in range(1, len(self._runs)):
                 repeats = period <= len(self._recent) and self._recent[-period] == frame
                 self._runs[period] = self._runs[period] + 1 if repeats else 0
