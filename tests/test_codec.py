@@ -140,6 +140,42 @@ def test_behind_real_time_emits_at_once():
     assert decoder.ready_window().count == 2  # everything with right context, without waiting
 
 
+@pytest.mark.parametrize("speed, stall_at", [(3.0, None), (1.2, None), (3.0, 60), (8.0, 30)])
+def test_a_worker_that_skips_streams_which_can_wait_gets_the_same_windows_at_the_same_ticks(speed, stall_at):
+    """Two decoders fed the same frames at the same simulated times, looked at on 20 ms ticks: one
+    asked for a window on every tick, one only on the ticks where can_wait() is False. Frames come
+    at `speed` x real time (stalling for 2 s at frame stall_at) and the codec's measured cost rises
+    halfway: the windows and the ticks they leave on must be the same, with most ticks skipped."""
+    now = [0.0]
+    every, skipping = StreamDecoder(clock=lambda: now[0]), StreamDecoder(clock=lambda: now[0])
+    frames = random_frames(120)
+    arrivals = [i * FRAME_SECONDS / speed + (2.0 if stall_at is not None and i >= stall_at else 0.0)
+                for i in range(len(frames))]
+    seen: dict[str, list] = {"every": [], "skipping": []}
+    asked = 0
+    tick, pushed = 0, 0
+    while not (every.done and skipping.done):
+        now[0] = tick * 0.02
+        while pushed < len(frames) and arrivals[pushed] <= now[0]:
+            every.push(frames[pushed:pushed + 1])
+            skipping.push(frames[pushed:pushed + 1])
+            pushed += 1
+        if pushed == len(frames) and not every.done and now[0] > arrivals[-1] + 0.5:
+            every.finish()
+            skipping.finish()
+        if tick == 150:  # the codec turns out slower than measured so far
+            every.decode_seconds_per_frame = skipping.decode_seconds_per_frame = 0.004
+        while (w := every.ready_window()) is not None:
+            seen["every"].append((tick, w.start, w.count))
+        if not skipping.can_wait():
+            asked += 1
+            while (w := skipping.ready_window()) is not None:
+                seen["skipping"].append((tick, w.start, w.count))
+        tick += 1
+    assert seen["skipping"] == seen["every"] and len(seen["every"]) > 4
+    assert asked < tick / 2  # most ticks cost nothing for this stream
+
+
 @pytest.mark.parametrize("code", [0, fmt.CODEBOOK_SIZE - 1])
 def test_extreme_codes_decode(quiet, code):
     frames = np.full((6, fmt.FRAME_TOKENS), code)

@@ -82,8 +82,12 @@ class StreamDecoder:
         self._finished = False
         self._first_push: tuple[float, int] | None = None  # (time, frames in that push)
         self._first_emit_time = 0.0
+        # Clock time before which no window can fall due unless frames or the end arrive (which reset
+        # it): lets whoever decodes skip this stream on a tick without taking its lock.
+        self._look_at = 0.0
         # Measured codec cost, kept up to date by whoever decodes the windows (the codec worker).
-        self.decode_seconds_per_frame = 0.0
+        self._decode_cost = 0.0
+        self._look_cost = 0.0  # the cost _look_at was worked out with
 
     @classmethod
     def whole_file(cls, noise_key: int | None = None) -> "StreamDecoder":
@@ -93,6 +97,21 @@ class StreamDecoder:
     @property
     def frames_pushed(self) -> int:
         return self._pushed
+
+    @property
+    def decode_seconds_per_frame(self) -> float:
+        return self._decode_cost
+
+    @decode_seconds_per_frame.setter
+    def decode_seconds_per_frame(self, seconds: float) -> None:
+        self._decode_cost = seconds
+        if seconds > 1.25 * self._look_cost:  # a larger margin may bring the next window forward
+            self._look_at = 0.0
+
+    def can_wait(self) -> bool:
+        """No window can be due now: ready_window() would say None. Lock-free and cheap, for a
+        worker that looks at hundreds of streams on every tick."""
+        return self._look_at > self._clock()
 
     @property
     def done(self) -> bool:
@@ -122,7 +141,10 @@ class StreamDecoder:
             self._first_push = (self._clock(), count)
         self._pushed += count
         ready = self._pushed - self._emitted - self.right_context
-        return ready >= self.max_chunk or (not self._emitted and ready >= 1 and not self.fixed)
+        due = ready >= self.max_chunk or (not self._emitted and ready >= 1 and not self.fixed)
+        if due or self._look_at == math.inf:  # a window may be due now: look again
+            self._look_at = 0.0
+        return due
 
     def _frames(self) -> np.ndarray:
         """The buffered codes, the ids pushed since converted and appended."""
@@ -135,6 +157,7 @@ class StreamDecoder:
         """No more frames: the rest is emitted without waiting for right context."""
         with self._lock:
             self._finished = True
+            self._look_at = 0.0
 
     def ready_window(self) -> Window | None:
         """The next window to decode now, or None (call again on the next tick)."""
@@ -162,10 +185,15 @@ class StreamDecoder:
             return min(available, self.max_chunk)
         ready = available - self.right_context  # frames whose right context has arrived
         if self.fixed:
-            return self.max_chunk if ready >= self.max_chunk else 0
+            if ready >= self.max_chunk:
+                return self.max_chunk
+            self._look_at = math.inf  # only frames make the next window due
+            return 0
         if ready < 1:
+            self._look_at = math.inf
             return 0
         if self._emitted and ready < self.max_chunk and not self._must_emit():
+            self._look_at = self._earliest_due()
             return 0
         return 1 << (min(ready, self.max_chunk).bit_length() - 1)
 
@@ -183,3 +211,20 @@ class StreamDecoder:
         elapsed = now - first_time
         rate = (self._pushed - first_count) / elapsed if elapsed > 0 else math.inf  # frames per second
         return rate * (buffered - margin) < 1  # not one more frame before the margin is reached
+
+    def _earliest_due(self) -> float:
+        """A time before which _must_emit() stays False if no frame arrives: a frame can only delay
+        it (the rate rises), unless it makes the window full, which resets the look. Taken with
+        the margin of the largest window that is not full, and halved towards now, as the measured
+        decode cost may still rise."""
+        now = self._clock()
+        self._look_cost = self._decode_cost
+        largest = self.max_chunk + self.left_context + self.right_context
+        margin = self.margin_s + self.decode_seconds_per_frame * largest
+        # With P frames since the first push at t0, and the audio in hand at time T being C - T (the
+        # margin taken off), the rule fires once P * (C - T) < T - t0, that is after (P*C + t0) / (P + 1).
+        first_time, first_count = self._first_push
+        frames = self._pushed - first_count
+        in_hand_until = self._emitted * FRAME_SECONDS + self._first_emit_time - margin
+        due = (frames * in_hand_until + first_time) / (frames + 1)
+        return now + (due - now) / 2 if due > now else now

@@ -51,8 +51,7 @@ class AudioStream(Handoff[np.ndarray]):
 
     @property
     def failure(self) -> BaseException | None:
-        with self._lock:
-            return self._failure
+        return self._failure  # written once, under the lock; a reference is read whole
 
     def push(self, frames: np.ndarray) -> None:
         if self.decoder.push(frames):  # else the stepping thread's tick finds the window in time
@@ -200,6 +199,8 @@ class CodecCore:
 
     def _next(self, stream: AudioStream) -> _Queued | None:
         """The stream's next ready window with its priority key, or None."""
+        if stream.decoder.can_wait():
+            return None
         try:
             window = stream.decoder.ready_window()
         except ValueError as exc:  # ids pushed that are not audio ids: this stream fails, the rest go on
