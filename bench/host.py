@@ -76,8 +76,15 @@ def _client_share(base_url: str, audio_format: str, concurrency: int, requests: 
     return level.requests, level.summary.wall_seconds, time.process_time() - cpu
 
 
+CLIENT_NICENESS = 10
+
+
 def _ready() -> None:
-    """Imports done: the pool's processes start before a level is timed."""
+    """Imports done: the pool's processes start before a level is timed. They run at a lower
+    priority than the server: where they share its cores, the server's threads are scheduled first,
+    as if the clients were on other machines (a client waiting for a core is late to read, but
+    the server is not late to send)."""
+    os.nice(CLIENT_NICENESS)
 
 
 def measure_level(pool: ProcessPoolExecutor, processes: int, pid: int, base_url: str, audio_format: str,
