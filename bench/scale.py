@@ -11,7 +11,9 @@ Two figures:
 - proxy latency: time to first audio of a streamed request at concurrency 1 through Ray Serve's
   proxy (`--replicas 1`) against a plain `serve --demo`, medians of --latency-requests each.
 Each server is started, measured and stopped in turn; --rounds repeats the whole and the medians
-of the rounds are reported.
+of the rounds are reported. --simulated-step-ms S serves a simulated device instead of the demo model
+(engine steps that sleep S ms, a codec that costs nothing): the proxy's own cost, without the
+model's compute competing with Ray's processes for the same cores.
 """
 
 from __future__ import annotations
@@ -83,13 +85,14 @@ def with_server(flags: list[str], measure):
 
 
 def one_round(args: argparse.Namespace) -> dict:
-    plain_ms = with_server(BASE, lambda url: latency(url, args.latency_requests))
+    base = BASE if args.simulated_step_ms is None else ["--simulated-step-ms", str(args.simulated_step_ms)]
+    plain_ms = with_server(base, lambda url: latency(url, args.latency_requests))
 
     async def one_replica(url: str) -> tuple[float, float]:
         return await latency(url, args.latency_requests), await throughput(url, args.concurrency, args.requests)
 
-    proxied_ms, one = with_server([*BASE, "--replicas", "1"], one_replica)
-    two = with_server([*BASE, "--replicas", "2"], lambda url: throughput(url, args.concurrency, args.requests))
+    proxied_ms, one = with_server([*base, "--replicas", "1"], one_replica)
+    two = with_server([*base, "--replicas", "2"], lambda url: throughput(url, args.concurrency, args.requests))
     return {"plain_first_audio_ms": plain_ms, "proxied_first_audio_ms": proxied_ms,
             "proxy_added_ms": proxied_ms - plain_ms, "one_replica_audio_s_per_s": one,
             "two_replicas_audio_s_per_s": two, "two_over_one": two / one}
@@ -101,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=32, help="per throughput measurement")
     parser.add_argument("--latency-requests", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--simulated-step-ms", type=float,
+                        help="serve a simulated device with this step instead of the demo model")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     rounds = []
