@@ -1,12 +1,15 @@
 """Hand the C allocator's free memory back to the system.
 
 glibc keeps the peak of a busy spell (decoder activations, encoder buffers: hundreds of MB under
-load); malloc_trim returns what is free in every arena. Elsewhere this does nothing.
+load); malloc_trim returns what is free in every arena. Cyclic garbage is collected first: a
+server that collects rarely (server/process_tuning.py) may still hold a busy spell's buffers in
+it. Elsewhere than glibc only the collection happens.
 """
 
 from __future__ import annotations
 
 import ctypes
+import gc
 
 
 def _find_malloc_trim():
@@ -20,5 +23,6 @@ _MALLOC_TRIM = _find_malloc_trim()
 
 
 def release_free_memory() -> None:
+    gc.collect()
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)
