@@ -34,6 +34,7 @@ class EngineConfig:
     # fine-tune's (voices.py).
     voices: tuple[str, ...] | None = None
     demo: bool = False  # build and use random weights of the real layout
+    demo_seed: int = 0  # the demo's weights: checkpoints served side by side get different ones
     demo_dir: Path = Path.home() / ".cache" / "orpheus-local" / "demo"
     device: str | None = None  # None: cuda when present, else cpu
     dtype: str | None = None  # None: bfloat16 on cuda, float32 on cpu

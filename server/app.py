@@ -57,8 +57,10 @@ def build_app(
     )
     app.state.server = state
     errors.install(app)
+    app.state.checkpoint_names = state.checkpoint_names  # for the 404 of a slug that names none
     for module in (segmind, openai, voices, speech_stream, ops, playground):
         app.include_router(module.router)
+    app.include_router(segmind.model_routes(state.checkpoint_names))  # after the fixed routes
     app.add_middleware(ApiKeyAuth, keys=keys)
     app.add_middleware(RequestCounter, metrics=state.metrics)  # outside auth: counts 401s too
     app.add_middleware(AccessLog)  # logs every answer, with the time spent in the others

@@ -89,8 +89,10 @@ def generation_failed(request_id: str) -> ApiError:
                     headers={"X-Request-Id": request_id})
 
 
-def unknown_model(name: str) -> ApiError:
-    return ApiError(404, f"model {name!r} not found; this server serves {SERVED_MODEL}", param="model",
+def unknown_model(name: str, served: tuple[str, ...] = (SERVED_MODEL,)) -> ApiError:
+    """404 for a model name that selects no served checkpoint; served: their names, the default first."""
+    shown = name if len(name) <= 64 else name[:64] + "..."
+    return ApiError(404, f"model {shown!r} not found; this server serves {', '.join(served)}", param="model",
                     code="model_not_found")
 
 
@@ -110,7 +112,7 @@ def error_response(path: str, error: ApiError) -> JSONResponse:
 def _from_http_exception(request: Request, exc: HTTPException) -> ApiError:
     """Routing's own errors (404 no such path, 405 wrong method) in the API's words."""
     if exc.status_code == 404 and request.method == "POST" and (match := _MODEL_PATH.match(request.url.path)):
-        return unknown_model(match.group(1))
+        return unknown_model(match.group(1), getattr(request.app.state, "checkpoint_names", (SERVED_MODEL,)))
     messages = {404: "not found", 405: f"method {request.method} not allowed"}
     return ApiError(exc.status_code, messages.get(exc.status_code, str(exc.detail)), headers=dict(exc.headers or {}))
 

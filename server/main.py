@@ -70,6 +70,23 @@ def fit_connections(wanted: int) -> int:
 
 
 
+def _loader(settings: ServerSettings):
+    """What loads the served checkpoints, once their local paths are checked: one Synthesizer, or
+    with --model each checkpoint's by name (the set refused when it does not fit the device)."""
+    if settings.model:
+        configs = settings.engine_configs()
+        for config in configs.values():
+            check_checkpoint(config)
+        from orpheus_local.pipeline.checkpoint_set import load_checkpoints
+
+        return lambda: load_checkpoints(configs)
+    config = settings.engine_config()
+    check_checkpoint(config)
+    from orpheus_local.pipeline.synthesizer import Synthesizer
+
+    return lambda: Synthesizer.load(config)
+
+
 def _serve_replicas(settings: ServerSettings) -> int:
     try:
         from .replicas import serve_replicas  # Ray: only for those who scale out
@@ -91,14 +108,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         settings = ServerSettings(_cli_parse_args=sys.argv[1:] if argv is None else argv)
-        config = settings.engine_config()
-        check_checkpoint(config)
-        # torch, transformers and the app: imported only once the settings are known to be good
-        from orpheus_local.pipeline.synthesizer import Synthesizer
-
+        loader = _loader(settings)
+        # the app (torch, transformers): imported only once the settings are known to be good
         from .app import build_app
 
-        app = None if settings.replicas else build_app(lambda: Synthesizer.load(config), settings, on_load_error=stop)
+        app = None if settings.replicas else build_app(loader, settings, on_load_error=stop)
     except (SettingsError, ValidationError, CheckpointError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -7,8 +7,9 @@ English voice closest in character (a table the settings can change); the table 
 voices the checkpoint has, so serving another checkpoint drops the default entries it cannot speak
 (map OpenAI's names onto its voices with --openai-voices). A checkpoint's own voice name always
 means that voice. A cloned voice (POST /v1/audio/voices) is its owner's alone: a request's names
-carry the caller's clone of the name it gives, if there is one (with_clone). Every OpenAI speech model name selects the served checkpoint (more names through
-the settings' aliases).
+carry the caller's clone of the name it gives, if there is one (with_clone). Every OpenAI speech model name selects the default checkpoint; a
+served checkpoint's own name (--model NAME=PATH) selects it, and the settings' aliases may name any
+served checkpoint.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ OPENAI_VOICES: dict[str, str] = {
     "cedar": "leo",
 }
 # Model names every request may give: ours, and OpenAI's speech models.
-SPEECH_MODELS = (SERVED_MODEL, "orpheus", "tts-1", "tts-1-hd", "gpt-4o-mini-tts")
+OPENAI_MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
+SPEECH_MODELS = (SERVED_MODEL, "orpheus", *OPENAI_MODELS)
 _DATED = re.compile(r"gpt-4o-mini-tts-\d{4}-\d{2}-\d{2}")  # OpenAI's snapshots, e.g. gpt-4o-mini-tts-2025-12-15
 
 
@@ -45,25 +47,29 @@ class OpenAINames:
     model_aliases: dict[str, str] = field(default_factory=dict)  # another name -> a served checkpoint
     served: Voices | None = ENGLISH_VOICES
     clone: VoiceReference | None = None  # the caller's cloned voice of the name the request gives
+    checkpoints: tuple[str, ...] = (SERVED_MODEL,)  # the served checkpoints' names, the default first
 
     def with_clone(self, clone: VoiceReference | None) -> "OpenAINames":
         return self if clone is None else dataclasses.replace(self, clone=clone)
 
     @classmethod
     def configured(cls, voices: dict[str, str], model_aliases: dict[str, str],
-                   served: Voices | None = ENGLISH_VOICES) -> "OpenAINames":
+                   served: Voices | None = ENGLISH_VOICES, checkpoints: tuple[str, ...] = (SERVED_MODEL,),
+                   strict: bool = True) -> "OpenAINames":
         """ValueError naming the entry when a configured voice maps to no served voice (or is one
-        itself), or an alias to no served checkpoint."""
+        itself), or an alias to no served checkpoint. strict False (a checkpoint other than the
+        default): configured voices it cannot speak are left out instead."""
         for name, model in model_aliases.items():
-            if model != SERVED_MODEL:
-                raise ValueError(f"model alias {name!r} names {model!r}; this server serves {SERVED_MODEL}")
+            if model != SERVED_MODEL and model not in checkpoints:
+                raise ValueError(f"model alias {name!r} names {model!r}; this server serves "
+                                 f"{', '.join(dict.fromkeys((SERVED_MODEL, *checkpoints)))}")
         configured = {name.strip().lower(): voice for name, voice in voices.items()}
         if served is None:  # checked once the voices are known
-            return cls({}, dict(model_aliases), None)
+            return cls({}, dict(model_aliases), None, checkpoints=checkpoints)
         table = {}
         for name, voice in {**OPENAI_VOICES, **configured}.items():
             target = served.find(voice)
-            if name in configured:
+            if name in configured and strict:
                 if target is None:
                     listed = str(served) or "no voices"
                     raise ValueError(f"voice {name!r} maps to {voice!r}, which is not one of {listed}")
@@ -71,7 +77,7 @@ class OpenAINames:
                     raise ValueError(f"voice {name!r} is a voice of the checkpoint itself; it cannot map to another")
             if target is not None and served.find(name) is None:
                 table[name] = target
-        return cls(table, dict(model_aliases), served)
+        return cls(table, dict(model_aliases), served, checkpoints=checkpoints)
 
     def voice(self, name: str | None) -> str | VoiceReference | None:
         """The served voice a request's voice name stands for: one of the checkpoint's, the caller's
@@ -95,8 +101,24 @@ class OpenAINames:
                                       "(GET /v1/audio/voices lists them, POST /v1/audio/voices makes one)")
         return self.served.check(name)  # raises, listing the voices there are
 
+    def model_for(self, name: str) -> str | None:
+        """The served checkpoint a request's model name selects: its own name, the default for
+        OpenAI's speech models, an alias's target; None for any other name."""
+        if name in self.checkpoints:
+            return name
+        if is_openai_model(name) or name in SPEECH_MODELS:
+            return self.checkpoints[0]
+        if (target := self.model_aliases.get(name)) is not None:
+            return target if target in self.checkpoints else self.checkpoints[0]
+        return None
+
     def accepts_model(self, name: str) -> bool:
-        return name in SPEECH_MODELS or name in self.model_aliases or bool(_DATED.fullmatch(name))
+        return self.model_for(name) is not None
 
     def model_names(self) -> list[str]:
-        return [*SPEECH_MODELS, *(name for name in self.model_aliases if name not in SPEECH_MODELS)]
+        return list(dict.fromkeys((*SPEECH_MODELS, *self.checkpoints, *self.model_aliases)))
+
+
+def is_openai_model(name: str) -> bool:
+    """One of OpenAI's speech model names, dated snapshots included."""
+    return name in OPENAI_MODELS or bool(_DATED.fullmatch(name))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from decimal import Decimal
 from pathlib import Path
 from typing import Literal
@@ -13,7 +14,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from orpheus_local.config import EngineConfig
 from orpheus_local.voices import Voices, checkpoint_voices, parse_voice_names
 from orpheus_local.weights.checkpoint import looks_like_hub_id
+from orpheus_local.weights.demo import demo_seed
 
+from .checkpoint_names import DEMO, checkpoint_voices_of, parse_checkpoints
+from .errors import SERVED_MODEL
 from .job_store import check_url
 from .openai_names import OpenAINames
 
@@ -37,6 +41,12 @@ class ServerSettings(BaseSettings):
     voices: str | None = Field(
         None, description="comma-separated voice names of the served checkpoint, the first the default, over its "
                           "voices.json; unset: voices.json beside its config.json, else the English fine-tune's")
+    model: list[str] = Field(
+        default_factory=list, description="serve several checkpoints side by side: NAME=PATH (a directory, a hub id, "
+                                          "or demo for random weights of their own), once per checkpoint; a request "
+                                          "picks one by its model field or at /v1/NAME. The one named "
+                                          f"{SERVED_MODEL}, else the first, is the default. Unset: --weights alone, "
+                                          f"as {SERVED_MODEL}")
     demo: bool = Field(False, description="serve a random-weight model of the real layout (noise, not speech)")
     demo_dir: Path = Field(_ENGINE_DEFAULTS.demo_dir, description="where --demo builds its random weights")
     device: str | None = Field(None, description="torch device; unset: cuda when present, else cpu")
@@ -177,15 +187,50 @@ class ServerSettings(BaseSettings):
             raise ValueError("ray_address and target_ongoing_requests need --replicas")
         return self
 
+    @field_validator("model")
+    @classmethod
+    def check_models(cls, value: list[str]) -> list[str]:
+        parse_checkpoints(value)
+        return value
+
     @model_validator(mode="after")
-    def check_openai_names(self) -> "ServerSettings":
-        self.openai_names()  # a voice or alias that names nothing served: a settings error at start-up
+    def check_several_checkpoints(self) -> "ServerSettings":
+        if not self.model:
+            return self
+        given = self.model_fields_set
+        clashes = [flag for flag, field in (("--weights", "weights"), ("--demo", "demo"), ("--voices", "voices"),
+                                            ("--simulated-step-ms", "simulated_step_ms"), ("--replicas", "replicas"))
+                   if field in given and getattr(self, field)]
+        if clashes:
+            raise ValueError(f"--model serves each checkpoint given with it; it does not go with {', '.join(clashes)} "
+                             f"(give the default as --model {SERVED_MODEL}=PATH, a demo as NAME=demo, voices in a "
+                             "voices.json beside each checkpoint's config; --replicas serves one checkpoint)")
+        for alias in self.model_aliases:
+            if alias in self.checkpoints():
+                raise ValueError(f"model alias {alias!r} is the name of a served checkpoint")
         return self
 
-    def served_voices(self) -> Voices | None:
-        """The served checkpoint's voices as far as the settings tell: --voices, else a local
-        checkpoint's voices.json (or the English fine-tune's); None for a hub id, whose voices.json
-        is read once it is downloaded. ValueError for a voices.json that cannot be read."""
+    @model_validator(mode="after")
+    def check_openai_names(self) -> "ServerSettings":
+        for name in self.checkpoint_names():  # a voice or alias that names nothing served: a settings error at start-up
+            self.openai_names(model=name)
+        return self
+
+    def checkpoints(self) -> dict[str, str]:
+        """--model's NAME -> PATH, the default first; empty when --model is not given."""
+        return parse_checkpoints(self.model)
+
+    def checkpoint_names(self) -> tuple[str, ...]:
+        """The served checkpoints' names, the default first: SERVED_MODEL alone without --model."""
+        return tuple(self.checkpoints()) or (SERVED_MODEL,)
+
+    def served_voices(self, model: str | None = None) -> Voices | None:
+        """The voices of the checkpoint named model (None: the default) as far as the settings tell:
+        --voices, else a local checkpoint's voices.json (or the English fine-tune's); None for a hub
+        id, whose voices.json is read once it is downloaded. ValueError for a voices.json that cannot
+        be read."""
+        if self.model:
+            return checkpoint_voices_of(self.checkpoints()[model or self.checkpoint_names()[0]])
         if self.voices is not None:
             voices = Voices.of(parse_voice_names(self.voices))
             return voices.with_clones() if self.demo else voices
@@ -197,10 +242,21 @@ class ServerSettings(BaseSettings):
             return None
         return checkpoint_voices(Path(self.weights).expanduser())
 
-    def openai_names(self, served: Voices | None = None) -> OpenAINames:
-        """The names requests may use: for served, the voices loading found; else served_voices()."""
-        served = served if served is not None else self.served_voices()
-        return OpenAINames.configured(self.openai_voices, self.model_aliases, served)
+    def openai_names(self, served: Voices | None = None, model: str | None = None) -> OpenAINames:
+        """The names requests may use with the checkpoint named model (None: the default): for
+        served, the voices loading found; else served_voices(model). The OpenAI voice table must
+        fit the default checkpoint; another one keeps the entries it can speak."""
+        served = served if served is not None else self.served_voices(model)
+        names = self.checkpoint_names()
+        return OpenAINames.configured(self.openai_voices, self.model_aliases, served, checkpoints=names,
+                                      strict=model in (None, names[0]))
+
+    def engine_configs(self) -> dict[str, EngineConfig]:
+        """Each --model checkpoint's configuration, the default first; a demo's weights are its own,
+        seeded by its name."""
+        base = dataclasses.replace(self.engine_config(), voices=None, demo=False)
+        return {name: dataclasses.replace(base, model=path, demo=path == DEMO, demo_seed=demo_seed(name))
+                for name, path in self.checkpoints().items()}
 
     def engine_config(self) -> EngineConfig:
         return EngineConfig(

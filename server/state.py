@@ -16,7 +16,7 @@ from orpheus_local.voices import ENGLISH_VOICES, Voices
 from orpheus_local.weights.checkpoint import CheckpointError
 
 from .encoding import EncoderPool
-from .errors import not_ready, shutting_down
+from .errors import not_ready, shutting_down, unknown_model
 from .generation import Admission
 from .job_store import backend_for
 from .jobs import JobStore, JobStoreError
@@ -32,14 +32,20 @@ log = logging.getLogger(__name__)
 # Without a voice: a prompt every checkpoint takes, whichever voices it has.
 WARMUP = SynthesisParams(text="Hello there.", voice=None, max_new_tokens=100, seed=0)
 
-SynthesizerSource = Synthesizer | Callable[[], Synthesizer]
+# One synthesizer (served as the default checkpoint), or the checkpoints served side by side by name,
+# the default first; or a function that loads either.
+Loaded = Synthesizer | dict[str, Synthesizer]
+SynthesizerSource = Loaded | Callable[[], Loaded]
 
 
 class ServerState:
     def __init__(self, settings: ServerSettings):
         self.settings = settings
-        # The voices as far as the settings tell; replaced by the loaded checkpoint's (load()).
-        self.openai_names = settings.openai_names()
+        # Each served checkpoint's names, its voices as far as the settings tell; replaced by the
+        # loaded checkpoints' (load()). openai_names: the default checkpoint's.
+        self.checkpoint_names = settings.checkpoint_names()
+        self.names_by_model = {name: settings.openai_names(model=name) for name in self.checkpoint_names}
+        self.openai_names = self.names_by_model[self.checkpoint_names[0]]
         self.created = int(time.time())
         self.metrics = Metrics()
         self.admission = Admission(settings.max_in_flight, overloaded=self._codec_overloaded)
@@ -49,7 +55,7 @@ class ServerState:
                              settings.max_jobs, settings.job_ttl_s)
         self.cloned_voices = ClonedVoiceStore(settings.state_dir / VOICES_FILE)
         self.cloning = asyncio.Lock()  # one reference recording encoded at a time: each takes the CPU for a while
-        self.synth: Synthesizer | None = None
+        self.synths: dict[str, Synthesizer] = {}  # served checkpoint name -> its synthesizer, the default first
         self.owns_synth = False
         self.ready = False
         self.loaded = asyncio.Event()  # set once loading has ended, ready or failed
@@ -59,25 +65,62 @@ class ServerState:
         self.metrics.speech_sessions.set_function(lambda: self.speech_sessions)
         self.metrics.watch(
             in_flight=lambda: self.admission.count,
-            queued=lambda: self.synth.stats()["queued"] if self.synth else 0,
-            running=lambda: self.synth.stats()["running"] if self.synth else 0,
-            engine=lambda: self.synth.stats() if self.synth else {},
+            queued=lambda: self._engine_total("queued"),
+            running=lambda: self._engine_total("running"),
+            engine=self._engine_stats,
         )
 
+    @property
+    def synth(self) -> Synthesizer | None:
+        """The default checkpoint's synthesizer; None before loading."""
+        return self.synths.get(self.checkpoint_names[0])
+
+    @synth.setter
+    def synth(self, synth: Synthesizer) -> None:
+        self.synths[self.checkpoint_names[0]] = synth
+
+    def _engine_stats(self) -> dict:
+        """The engines' stats: one's own, or every numeric one summed over the checkpoints."""
+        if len(self.synths) == 1:
+            return self.synth.stats()
+        totals: dict = {}
+        for synth in self.synths.values():
+            for key, value in synth.stats().items():
+                if isinstance(value, (int, float)):
+                    totals[key] = totals.get(key, 0) + value
+        return totals
+
+    def _engine_total(self, key: str) -> float:
+        return sum(synth.stats()[key] for synth in self.synths.values())
+
     def _codec_overloaded(self) -> str | None:
-        """Why new requests must wait for the audio decoder, or None."""
-        seconds = self.synth.codec_backlog_s() if self.synth is not None else 0.0  # nothing before loading
+        """Why new requests must wait for the audio decoder (the furthest behind of the checkpoints'), or None."""
+        seconds = max((synth.codec_backlog_s() for synth in self.synths.values()), default=0.0)  # none before loading
         if seconds > self.settings.max_codec_backlog_s:
             return f"the audio decoder is {seconds:.1f} s of work behind"
         return None
 
-    def synthesizer(self) -> Synthesizer:
-        """The synthesizer, or 503 while it loads (or after loading failed) and while the server stops."""
+    def synthesizer(self, model: str | None = None) -> Synthesizer:
+        """The synthesizer of the served checkpoint named model (None: the default), or 503 while
+        loading (or after loading failed) and while the server stops."""
         if self.draining:
             raise shutting_down()
         if not self.ready:
             raise not_ready()
-        return self.synth
+        return self.synths[model or self.checkpoint_names[0]]
+
+    def model_for(self, requested: str) -> str:
+        """The served checkpoint a request's model name selects; 404 for a name that selects none."""
+        if (model := self.openai_names.model_for(requested)) is None:
+            raise unknown_model(requested, self.checkpoint_names)
+        return model
+
+    def problem(self) -> str | None:
+        """Why this server cannot serve any more (a checkpoint's thread has stopped), or None."""
+        for name, synth in self.synths.items():
+            if (problem := synth.problem()) is not None:
+                return problem if len(self.synths) == 1 else f"{name}: {problem}"
+        return None
 
     async def load(self, source: SynthesizerSource, on_error: Callable[[BaseException], None] | None) -> None:
         """Open the v2 job store, load (in a thread, so the event loop keeps answering /health), warm
@@ -86,13 +129,17 @@ class ServerState:
             await self.jobs.open()  # first: a store that cannot be reached fails the start-up at once
             await self.cloned_voices.open()
             if callable(source):
-                self.synth, self.owns_synth = await asyncio.to_thread(source), True
+                loaded, self.owns_synth = await asyncio.to_thread(source), True
             else:
-                self.synth = source
-            self.openai_names = self.settings.openai_names(self._served_voices())
+                loaded = source
+            self.synths = dict(loaded) if isinstance(loaded, dict) else {self.checkpoint_names[0]: loaded}
+            self.names_by_model = {name: self.settings.openai_names(self._served_voices(name), model=name)
+                                   for name in self.checkpoint_names}
+            self.openai_names = self.names_by_model[self.checkpoint_names[0]]
             if self.settings.warmup:
                 started = time.perf_counter()
-                await self.synth.synthesize(WARMUP, "warmup")
+                for synth in self.synths.values():
+                    await synth.synthesize(WARMUP, "warmup")
                 log.info("warmed up in %.1f s", time.perf_counter() - started)
         except Exception as exc:
             if isinstance(exc, CheckpointError):
@@ -110,28 +157,30 @@ class ServerState:
         finally:
             self.loaded.set()
 
-    async def names_for(self, owner: str | None, voice: str | None) -> OpenAINames:
-        """The names a request may use: the served ones, and owner's cloned voice named voice, if any."""
-        names = self.openai_names
+    async def names_for(self, owner: str | None, voice: str | None, model: str | None = None) -> OpenAINames:
+        """The names a request may use with the checkpoint named model (None: the default): the
+        served ones, and owner's cloned voice named voice, if any."""
+        names = self.names_by_model[model or self.checkpoint_names[0]]
         if voice is None or not voice.strip() or names.served is None or names.served.find(voice) is not None:
             return names
         return names.with_clone(await self.cloned_voices.find(owner, voice))
 
-    def _served_voices(self) -> Voices:
+    def _served_voices(self, model: str) -> Voices:
         """--voices when set, else the loaded checkpoint's (what the settings tell for a stand-in
         synthesizer that has none)."""
-        if self.settings.voices is None and (voices := getattr(self.synth, "voices", None)) is not None:
+        if self.settings.voices is None and (voices := getattr(self.synths[model], "voices", None)) is not None:
             return voices
-        return self.settings.served_voices() or ENGLISH_VOICES
+        return self.settings.served_voices(model) or ENGLISH_VOICES
 
     async def close(self) -> None:
         self.ready = False
         await self.jobs.close()
         await self.cloned_voices.close()
         self.encoders.close()
-        if self.owns_synth and self.synth is not None:
-            await asyncio.to_thread(self.synth.close)
-            log.info("engine closed")
+        if self.owns_synth and self.synths:
+            for synth in self.synths.values():
+                await asyncio.to_thread(synth.close)
+            log.info("engine closed" if len(self.synths) == 1 else "engines closed")
 
 
 async def server_state(request: Request) -> ServerState:

@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import uuid
 from contextlib import aclosing
+from pathlib import Path
 from typing import AsyncIterator, Callable
 
 import numpy as np
@@ -68,18 +69,14 @@ class Synthesizer:
     def load(cls, config: EngineConfig) -> "Synthesizer":
         if config.simulated_step_ms is not None:
             return cls.simulated(config)
-        device, dtype = config.resolved_device(), config.resolved_dtype()
-        if config.demo:
-            from orpheus_local.weights.demo import build_demo_checkpoint
+        return cls.load_from(config, *checkpoint_dirs(config))
 
-            model_dir, snac_dir = build_demo_checkpoint(config.demo_dir)
-        else:
-            model_dir, snac_dir = resolve_model_dir(config.model), resolve_snac_dir(config.snac)
-        voices = _voices(model_dir, config)
-        if config.demo:
-            voices = voices.with_clones()  # the demo stands in for a fine-tune and a pretrained checkpoint
-        if voices.clones and not config.max_reference_tokens:
-            config = dataclasses.replace(config, max_reference_tokens=REFERENCE_TOKENS)
+    @classmethod
+    def load_from(cls, config: EngineConfig, model_dir, snac_dir) -> "Synthesizer":
+        """load(), from the directories checkpoint_dirs(config) found."""
+        device, dtype = config.resolved_device(), config.resolved_dtype()
+        voices = served_voices(config, model_dir)
+        config = with_reference_room(config, voices)
         tokenizer = load_tokenizer(model_dir)
         codec_worker = CodecWorker(SnacCodec(load_snac(snac_dir, device), device)).start()
         backend = _load_backend(config, model_dir, device, dtype).start()
@@ -260,6 +257,30 @@ class Synthesizer:
     def close(self) -> None:
         self.backend.close()
         self.codec_worker.close()
+
+
+def checkpoint_dirs(config: EngineConfig) -> tuple[Path, Path]:
+    """(model_dir, snac_dir) of the configured checkpoint: the demo's built (once) from its seed, a
+    hub id's downloaded, a local one's checked."""
+    if config.demo:
+        from orpheus_local.weights.demo import build_demo_checkpoint
+
+        return build_demo_checkpoint(config.demo_dir, seed=config.demo_seed)
+    return resolve_model_dir(config.model), resolve_snac_dir(config.snac)
+
+
+def served_voices(config: EngineConfig, model_dir) -> Voices:
+    """The voices the checkpoint is served with; the demo's clone too, as it stands in for a
+    fine-tune and a pretrained checkpoint."""
+    voices = _voices(model_dir, config)
+    return voices.with_clones() if config.demo else voices
+
+
+def with_reference_room(config: EngineConfig, voices: Voices) -> EngineConfig:
+    """config with room for a cloned voice's reference turn in every slot when the checkpoint clones."""
+    if voices.clones and not config.max_reference_tokens:
+        return dataclasses.replace(config, max_reference_tokens=REFERENCE_TOKENS)
+    return config
 
 
 def _voices(model_dir, config: EngineConfig) -> Voices:

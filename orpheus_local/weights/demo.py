@@ -8,6 +8,7 @@ Random weights produce noise, not speech.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -150,3 +151,8 @@ def build_demo_checkpoint(root: Path, seed: int = 0, shape: str = "tiny") -> tup
     if not snac_dir.is_dir() or missing_snac_files(snac_dir):
         build_demo_snac(snac_dir, seed)
     return model_dir, snac_dir
+
+
+def demo_seed(name: str) -> int:
+    """The seed of the demo checkpoint served as name: the same on every start, another for another name."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big")

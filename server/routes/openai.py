@@ -31,12 +31,14 @@ _AUDIO = {fmt.content_type: {} for fmt in FORMATS.values()}
     responses={200: {"content": {**_AUDIO, "text/event-stream": {}}, "description": "audio bytes or SSE events"}},
 )
 async def speech(request: Request, state: State) -> Response:
-    synth = state.synthesizer()
+    state.synthesizer()  # 503 while loading or stopping, before reading the body
     body = parse(SpeechRequest, await read_fields(request, state.settings.max_body_bytes))
-    names = await state.names_for(key_digest(request.state), body.voice)
+    model = state.model_for(body.model)
+    synth = state.synthesizer(model)
+    names = await state.names_for(key_digest(request.state), body.voice, model)
     params = body.synthesis_params(state.settings.max_text_chars, names)
     request_id = uuid.uuid4().hex
-    headers = {"X-Request-Id": request_id}
+    headers = {"X-Request-Id": request_id, "X-Model": model}
     if ignored := body.ignored_fields():
         headers["X-Ignored-Fields"] = ", ".join(ignored)
     if not body.stream:
@@ -63,7 +65,8 @@ async def _sse_events(audio: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     yield _event({"type": "speech.audio.done"})
 
 
-@router.get("/v1/models", summary="the model names /v1/audio/speech accepts (and dated gpt-4o-mini-tts names)")
+@router.get("/v1/models", summary="the model names /v1/audio/speech accepts: the served checkpoints', OpenAI's "
+                                  "(and dated gpt-4o-mini-tts names) and the aliases")
 async def models(state: State) -> dict:
     return {
         "object": "list",

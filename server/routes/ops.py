@@ -25,7 +25,7 @@ async def health() -> dict:
 async def ready(state: State) -> JSONResponse:
     if state.draining:
         body = {"status": "draining"}
-    elif state.ready and (problem := state.synth.problem()) is not None:
+    elif state.ready and (problem := state.problem()) is not None:
         body = {"status": "failed", "error": problem}  # a thread it needs has stopped: replace this server
     elif state.ready:
         return JSONResponse({"status": "ready"})

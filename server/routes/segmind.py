@@ -33,14 +33,54 @@ async def _read(request: Request, state: State) -> SegmindRequest:
 @router.post(f"/v1/{SERVED_MODEL}", summary="synthesize speech, answered with the WAV file",
              openapi_extra=_BODY, response_class=Response, responses=_WAV)
 async def synthesize(request: Request, state: State) -> Response:
-    synth = state.synthesizer()
+    return await _synthesize(request, state, None)
+
+
+@router.post(f"/v2/{SERVED_MODEL}", summary="submit a job; poll its status_url, then fetch its response_url",
+             openapi_extra=_BODY)
+async def submit(request: Request, state: State) -> dict:
+    return await _submit(request, state, None)
+
+
+def model_routes(names: tuple[str, ...]) -> APIRouter:
+    """/v1/NAME and /v2/NAME of each checkpoint served by that name (--model NAME=PATH), besides
+    /v1/orpheus-3b-0.1 and /v2/orpheus-3b-0.1, which always select the default. Each path is fixed,
+    so no route of the API is shadowed; a slug that names nothing is a 404 (errors.py)."""
+    models = APIRouter(tags=["Segmind"])
+    for name in names:
+        if name == SERVED_MODEL:
+            continue
+        models.add_api_route(f"/v1/{name}", _v1_route(name), methods=["POST"], openapi_extra=_BODY,
+                             response_class=Response, responses=_WAV,
+                             summary=f"synthesize speech with {name}, answered with the WAV file")
+        models.add_api_route(f"/v2/{name}", _v2_route(name), methods=["POST"], openapi_extra=_BODY,
+                             summary=f"submit a job for {name}; poll its status_url, then fetch its response_url")
+    return models
+
+
+def _v1_route(model: str):
+    async def synthesize_with(request: Request, state: State) -> Response:
+        return await _synthesize(request, state, model)
+    return synthesize_with
+
+
+def _v2_route(model: str):
+    async def submit_to(request: Request, state: State) -> dict:
+        return await _submit(request, state, model)
+    return submit_to
+
+
+async def _synthesize(request: Request, state: State, model: str | None) -> Response:
+    """model: the served checkpoint's name; None: the default."""
+    synth = state.synthesizer(model)
     body = await _read(request, state)
-    names = await state.names_for(_client(request), body.voice)
+    names = await state.names_for(_client(request), body.voice, model)
     params = body.synthesis_params(state.settings.max_text_chars, names)
     request_id = uuid.uuid4().hex
     started = time.perf_counter()
     chunks = pcm_chunks(synth, params, request_id, state.metrics, whole_file=not body.stream)
-    headers = {"X-Remaining-Credits": str(state.settings.remaining_credits), "X-Request-Id": request_id}
+    headers = {"X-Remaining-Credits": str(state.settings.remaining_credits), "X-Request-Id": request_id,
+               "X-Model": model or state.checkpoint_names[0]}
     if body.stream:
         # The generation time is unknown when the headers leave, so a stream goes without it.
         encoder = StreamEncoder("wav", speed=body.speed)
@@ -51,12 +91,10 @@ async def synthesize(request: Request, state: State) -> Response:
     return Response(audio, media_type="audio/wav", headers=headers)
 
 
-@router.post(f"/v2/{SERVED_MODEL}", summary="submit a job; poll its status_url, then fetch its response_url",
-             openapi_extra=_BODY)
-async def submit(request: Request, state: State) -> dict:
-    synth = state.synthesizer()
+async def _submit(request: Request, state: State, model: str | None) -> dict:
+    synth = state.synthesizer(model)
     body = await _read(request, state)
-    names = await state.names_for(_client(request), body.voice)
+    names = await state.names_for(_client(request), body.voice, model)
     params = body.synthesis_params(state.settings.max_text_chars, names)
     job = await state.jobs.submit(lambda job_id: pcm_chunks(synth, params, job_id, state.metrics, whole_file=True),
                                   speed=body.speed, owner=_client(request), quota=state.settings.max_jobs_per_key)

@@ -31,13 +31,16 @@ _FORM = {"requestBody": {"required": True, "content": {MULTIPART: {"schema": {
                   "description": "the reference recording: 3 to 30 s of one speaker, any format FFmpeg reads"},
         "transcript": {"type": "string", "maxLength": MAX_TRANSCRIPT_CHARS,
                        "description": "the words spoken in the recording"},
+        "model": {"type": "string", "description": "the served checkpoint that encodes it (one that clones); "
+                                                   "absent: the default"},
     }}}}}}
 
 
 @router.get("/v1/audio/voices", summary="the served checkpoint's voices and default, the OpenAI voice names mapped "
                                         "to them, and your cloned voices")
-async def voices(request: Request, state: State) -> dict:
-    names = state.openai_names
+async def voices(request: Request, state: State, model: str | None = None) -> dict:
+    """model: a served checkpoint (or a name that selects one, as /v1/audio/speech takes); absent: the default."""
+    names = state.names_by_model[state.model_for(model)] if model else state.openai_names
     if names.served is None:  # a hub checkpoint not downloaded yet
         raise not_ready()
     store = state.cloned_voices
@@ -49,8 +52,10 @@ async def voices(request: Request, state: State) -> dict:
 @router.post("/v1/audio/voices", summary="clone a voice from a reference recording and its transcript (a pretrained "
                                          "checkpoint)", openapi_extra=_FORM, status_code=201)
 async def clone(request: Request, state: State) -> JSONResponse:
-    synth = state.synthesizer()
+    state.synthesizer()  # 503 while loading or stopping, before reading the body
     fields, files = await read_upload(request, state.settings.max_voice_bytes)
+    # The checkpoint whose codec encodes the recording (absent: the default); it must clone.
+    synth = state.synthesizer(state.model_for(fields["model"]) if fields.get("model") else None)
     name = _new_name(fields.get("name"), state)
     if "audio" not in files:
         raise invalid("audio", "is required: the reference recording, as a file part of the form")
