@@ -60,6 +60,8 @@ class SessionConfig(Sampling):
     voice: Voice | None = Field(None, description="one of the served checkpoint's voices, one of your cloned voices, "
                                                   "or an OpenAI voice name mapped to one; absent: the checkpoint's default")
     response_format: Literal[SESSION_FORMATS] = Field("pcm", description="pcm: s16le 24 kHz mono")
+    model: str | None = Field(None, description="the served checkpoint, by any name /v1/audio/speech takes; "
+                                                "absent: the default")
     speed: Number = Field(1.0, ge=SPEED_MIN, le=SPEED_MAX, description="playback speed factor")
 
     def synthesis_params(self, text: str, names) -> SynthesisParams:
@@ -80,6 +82,7 @@ class Utterance:
     response_format: str
     speed: float
     ready_at: float  # perf_counter() when its text was complete
+    model: str | None = None  # the served checkpoint that speaks it; None: the default
     audio: asyncio.Queue = field(default_factory=asyncio.Queue)  # encoded bytes, then one _End
     task: asyncio.Task | None = None
     samples: int = 0  # generated, at 24 kHz, before any speed change
@@ -128,6 +131,7 @@ class SpeechSession:
         self.fields: dict = {}  # what session.update has set so far
         self.config = SessionConfig()
         self.names = state.openai_names  # with the caller's cloned voice, once session.update names one
+        self.model: str | None = None  # the checkpoint session.update chose; None: the default
         self.text = SentenceBuffer(part_chars(self.config.max_new_tokens))
         self.queue: deque[Utterance] = deque()  # complete, not yet being sent, in order
         self.current: Utterance | None = None
@@ -206,10 +210,11 @@ class SpeechSession:
 
     async def _update(self, changes: dict) -> None:
         config = parse(SessionConfig, {**self.fields, **changes})  # the old settings stay on an error
-        names = await self.state.names_for(key_digest(self.ws.state), config.voice)
+        model = self.state.model_for(config.model) if config.model is not None else None
+        names = await self.state.names_for(key_digest(self.ws.state), config.voice, model)
         config.synthesis_params("Hi.", names)  # a voice the checkpoint has (or the caller's clone), before it is needed
         self.fields.update(changes)
-        self.config, self.names = config, names
+        self.config, self.names, self.model = config, names, model
         self.text.max_chars = part_chars(config.max_new_tokens)
 
     def _hold(self, text) -> None:
@@ -232,7 +237,7 @@ class SpeechSession:
                 continue
             self.queue.append(Utterance(
                 f"{self.id}-{next(self._numbers)}", text, params, self.config.response_format, self.config.speed,
-                time.perf_counter()))
+                time.perf_counter(), self.model))
         self._start_generations()
         self.changed.set()
 
@@ -254,7 +259,7 @@ class SpeechSession:
         record = request_log.open_record(ROUTE, u.id)
         record.method, record.status = "WS", 200
         try:
-            synth = self.state.synthesizer()
+            synth = self.state.synthesizer(u.model)
             chunks = self._counted(u, pcm_chunks(synth, u.params, u.id, self.state.metrics))
             encoder = StreamEncoder(u.response_format, speed=u.speed)
             async with aclosing(encoded(self.state.admission, self.state.encoders, chunks, encoder)) as audio:

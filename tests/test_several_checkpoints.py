@@ -4,9 +4,14 @@ selects nothing is a 404 in the route's error shape."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+
 import pytest
+import websockets
 from support.asgi import SHORT, SPEECH, V1, serve
 from support.recordings import tone, wav_bytes
+from support.uvicorn_thread import uvicorn_in_thread
 
 from orpheus_local.params import DEFAULT_VOICE
 from orpheus_local.pipeline.checkpoint_set import load_checkpoints
@@ -15,6 +20,7 @@ from orpheus_local.weights.demo import build_demo_checkpoint
 from server.main import main as serve_main
 from server.openai_names import SPEECH_MODELS
 from server.settings import ServerSettings
+from server.speech_session import ROUTE
 
 B_VOICES = ("pierre", "amelie", "tara")  # tara: a request the same on a and b
 
@@ -157,3 +163,30 @@ async def test_a_cloned_voice_speaks_on_a_checkpoint_that_clones_and_is_a_400_on
     assert made.status_code == 201 and on_a.status_code == 200 and on_a.headers["x-model"] == "a"
     assert on_b.status_code == 400 and on_b.json()["error"]["param"] == "voice"
     assert "cloned voices need a pretrained checkpoint" in on_b.json()["error"]["message"]
+
+
+async def test_a_speech_session_speaks_with_the_checkpoint_its_update_names(two):
+    settings, synths = two
+
+    async def send(ws, kind: str, **fields) -> None:
+        await ws.send(json.dumps({"type": kind, **fields}))
+
+    async def next_event(ws) -> dict:
+        while isinstance(message := await asyncio.wait_for(ws.recv(), 60), bytes):
+            pass  # the audio
+        return json.loads(message)
+
+    with uvicorn_in_thread(synths, **settings) as (_, port, _loop):
+        async with websockets.connect(f"ws://127.0.0.1:{port}{ROUTE}") as ws:
+            await send(ws, "session.update", model="b", voice="pierre", max_new_tokens=100, seed=7)  # b's voice
+            await send(ws, "input_text.append", text="Bonjour.")
+            await send(ws, "input_text.commit")
+            started, done = await next_event(ws), await next_event(ws)
+            await send(ws, "session.update", model="c")
+            unknown = await next_event(ws)
+            await send(ws, "session.update", model=None)  # the default, a, has no voice pierre
+            no_such_voice = await next_event(ws)
+    assert (started["type"], done["type"], done["status"]) == ("speech.started", "speech.done", "completed")
+    assert done["samples"] > 0
+    assert (unknown["type"], unknown["param"], unknown["code"]) == ("error", "model", "model_not_found")
+    assert (no_such_voice["type"], no_such_voice["param"]) == ("error", "voice")
