@@ -78,3 +78,16 @@ def test_on_cpu_there_is_no_device_limit_to_check(demo_dirs, caplog):
     with caplog.at_level(logging.INFO, logger="orpheus_local.pipeline.checkpoint_set"):
         assert _with_slots(configs, {name: demo_dirs for name in configs}) == configs
     assert "serving 2 checkpoints on cpu: no device memory limit to check" in caplog.text
+
+
+def test_on_cuda_the_free_memory_decides_each_checkpoints_slots_or_refuses_the_set(demo_dirs, monkeypatch):
+    configs = {"a": EngineConfig(device="cuda", dtype="bfloat16"), "b": EngineConfig(device="cuda", dtype="bfloat16")}
+    dirs = {name: demo_dirs for name in configs}
+    need = checkpoint_need("a", configs["a"], demo_dirs[0])
+    free = 2 * need.bytes_for(0) + 2 * 10 * need.slot_bytes  # ten slots each once the weights and reserves are in
+    monkeypatch.setattr("torch.cuda.mem_get_info", lambda device=None: (free, 8 * free))
+    planned = _with_slots(configs, dirs)
+    assert {name: config.max_slots for name, config in planned.items()} == {"a": 10, "b": 10}
+    monkeypatch.setattr("torch.cuda.mem_get_info", lambda device=None: (need.bytes_for(1), 8 * free))
+    with pytest.raises(DoesNotFit, match=r"the 2 checkpoints need 4\.\d GiB together .*: a needs 2\.\d GiB .*; b needs"):
+        _with_slots(configs, dirs)
