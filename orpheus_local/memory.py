@@ -1,9 +1,8 @@
 """Hand the C allocator's free memory back to the system.
 
 glibc keeps the peak of a busy spell (decoder activations, encoder buffers: hundreds of MB under
-load); malloc_trim returns what is free in every arena. Cyclic garbage is collected first: a
-server that collects rarely (server/process_tuning.py) may still hold a busy spell's buffers in
-it. Elsewhere than glibc only the collection happens.
+load); malloc_trim returns what is free in every arena. Cyclic garbage is collected first, so that
+buffers it still holds are free to return. Elsewhere than glibc only the collection happens.
 """
 
 from __future__ import annotations
