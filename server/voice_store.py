@@ -4,20 +4,17 @@ survive restarts and every server process of the machine sees the same ones.
 A voice belongs to the API key that made it, known by the key's SHA-256 digest as v2 jobs are
 (server/auth.py); on an open server (no keys) the owner is None and every client shares them. A name
 is matched whatever its case or Unicode normalization (voice_key), within its owner's voices only.
-As the job store does, the file is reached through one connection on one thread of its own, so the
-event loop never waits on the disk.
+As the job store's, the file is reached through one connection on one thread of its own
+(server/sqlite_file.py), so the event loop never waits on the disk.
 """
 
 from __future__ import annotations
 
-import asyncio
-import os
 import sqlite3
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable
 
 import numpy as np
 
@@ -25,10 +22,9 @@ from orpheus_local import tokens as fmt
 from orpheus_local.params import VoiceReference
 from orpheus_local.voices import voice_key
 
-T = TypeVar("T")
+from .sqlite_file import SqliteFile
 
 DEFAULT_FILE = "voices.sqlite3"
-BUSY_TIMEOUT_MS = 10_000
 _SCHEMA = """CREATE TABLE IF NOT EXISTS voices (
     owner TEXT,
     key TEXT NOT NULL,
@@ -52,27 +48,10 @@ class VoiceSummary:
                 "seconds": round(self.seconds, 2), "created_at": int(self.created)}
 
 
-class ClonedVoiceStore:
+class ClonedVoiceStore(SqliteFile):
     def __init__(self, path: Path, clock: Callable[[], float] = time.time):
-        self.path = path
+        super().__init__(path, "orpheus-voices-sqlite", "voice store")
         self.clock = clock
-        self._db: sqlite3.Connection | None = None
-        self._thread: ThreadPoolExecutor | None = None
-
-    async def open(self) -> None:
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="orpheus-voices-sqlite")
-        await self._call(self._open)
-
-    async def close(self) -> None:
-        if self._thread is None:
-            return
-        await self._call(self._close)
-        self._thread.shutdown(wait=False)
-        self._thread = None
-
-    @property
-    def is_open(self) -> bool:
-        return self._thread is not None
 
     async def add(self, owner: str | None, voice: VoiceReference, *, quota: int) -> VoiceSummary | str:
         """Store voice; or why not: "exists" (owner has a voice of that name), "quota" (owner has quota)."""
@@ -89,29 +68,13 @@ class ClonedVoiceStore:
 
     # --- on the connection's thread ---
 
-    async def _call(self, fn: Callable[..., T], *args) -> T:
-        if self._thread is None:
-            raise RuntimeError("the voice store is not open")
-        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
-
-    def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))  # recordings of people's voices: private
-        db = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
-        db.execute("PRAGMA journal_mode = WAL")
+    def _prepare(self, db: sqlite3.Connection) -> None:
         db.execute(_SCHEMA)
         db.execute(_INDEX)
-        self._db = db
-
-    def _close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
 
     def _add(self, owner: str | None, voice: VoiceReference, quota: int) -> VoiceSummary | str:
         db = self._db
-        db.execute("BEGIN IMMEDIATE")  # the count is still true when the row is written
-        try:
+        with self._transaction():  # the count is still true when the row is written
             if db.execute("SELECT 1 FROM voices WHERE owner IS ? AND key = ?", (owner, voice_key(voice.name))).fetchone():
                 return "exists"
             if db.execute("SELECT COUNT(*) FROM voices WHERE owner IS ?", (owner,)).fetchone()[0] >= quota:
@@ -120,8 +83,6 @@ class ClonedVoiceStore:
             db.execute("INSERT INTO voices (owner, key, name, transcript, audio_ids, created) VALUES (?, ?, ?, ?, ?, ?)",
                        (owner, voice_key(voice.name), voice.name, voice.transcript,
                         np.asarray(voice.audio_ids, dtype="<u4").tobytes(), created))
-        finally:
-            db.execute("COMMIT")
         return VoiceSummary(voice.name, voice.transcript, _seconds(len(voice.audio_ids)), created)
 
     def _find(self, owner: str | None, name: str) -> VoiceReference | None:

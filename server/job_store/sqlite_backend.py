@@ -1,27 +1,18 @@
-"""SqliteJobBackend: v2 jobs in one SQLite file, shared by every server process on this machine.
-
-WAL mode lets readers go on while one process writes; a busy timeout makes a process wait for
-another's write instead of failing. Each process reaches the file through one connection on one
-thread of its own (sqlite3 blocks): the event loop never waits on the disk.
+"""SqliteJobBackend: v2 jobs in one SQLite file, shared by every server process on this machine
+(server/sqlite_file.py: WAL, a busy timeout, one connection on a thread of its own).
 """
 
 from __future__ import annotations
 
-import asyncio
-import os
 import sqlite3
 import time
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterable, TypeVar
+from typing import Callable, Iterable
 
+from ..sqlite_file import SqliteFile
 from .records import FAILED, PROCESSING, QUEUED, Refusal, StoredJob
 
-T = TypeVar("T")
-
 SCHEMA_VERSION = 1
-BUSY_TIMEOUT_MS = 10_000
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS jobs (
         id TEXT PRIMARY KEY,
@@ -43,26 +34,13 @@ _FIELDS = "id, owner, instance, status, created, started, finished, expires, err
 _UNFINISHED = f"status IN ('{QUEUED}', '{PROCESSING}')"
 
 
-class SqliteJobBackend:
+class SqliteJobBackend(SqliteFile):
     """wall_clock: seconds since the epoch, for the instances' leases (the same in every process)."""
 
     def __init__(self, path: Path, wall_clock: Callable[[], float] = time.time):
-        self.path = path
+        super().__init__(path, "orpheus-jobs-sqlite", "job store")
         self.description = f"SQLite file {path}"
         self.wall_clock = wall_clock
-        self._db: sqlite3.Connection | None = None
-        self._thread: ThreadPoolExecutor | None = None
-
-    async def open(self) -> None:
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="orpheus-jobs-sqlite")
-        await self._call(self._open)
-
-    async def close(self) -> None:
-        if self._thread is None:
-            return
-        await self._call(self._close)
-        self._thread.shutdown(wait=False)
-        self._thread = None
 
     async def insert(self, job: StoredJob, *, now: float, max_jobs: int, quota: int | None) -> Refusal | None:
         return await self._call(self._insert, job, now, max_jobs, quota)
@@ -103,49 +81,16 @@ class SqliteJobBackend:
 
     # --- on the connection's thread ---
 
-    async def _call(self, fn: Callable[..., T], *args) -> T:
-        if self._thread is None:
-            raise RuntimeError("the job store is not open")
-        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
-
-    def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))  # results are the clients': not world-readable
-        # timeout: the busy timeout; isolation_level None: transactions are begun explicitly
-        db = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
-        try:
-            db.execute("PRAGMA journal_mode = WAL")
-            db.execute("PRAGMA synchronous = NORMAL")  # in WAL mode: durable across a crash of the process
-            self._db = db
-            with self._transaction():
-                version = db.execute("PRAGMA user_version").fetchone()[0]
-                if version > SCHEMA_VERSION:
-                    raise RuntimeError(f"{self.path} was written by a newer orpheus-local (schema {version})")
-                if version < SCHEMA_VERSION:
-                    for statement in _SCHEMA:
-                        db.execute(statement)
-                    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        except BaseException:
-            self._db = None
-            db.close()
-            raise
-
-    def _close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
-
-    @contextmanager
-    def _transaction(self):
-        """BEGIN IMMEDIATE: the write lock from the start, so that what is counted is still true
-        when the transaction writes (another process waits, up to the busy timeout)."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+    def _prepare(self, db: sqlite3.Connection) -> None:
+        db.execute("PRAGMA synchronous = NORMAL")  # in WAL mode: durable across a crash of the process
+        with self._transaction():
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise RuntimeError(f"{self.path} was written by a newer orpheus-local (schema {version})")
+            if version < SCHEMA_VERSION:
+                for statement in _SCHEMA:
+                    db.execute(statement)
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _execute(self, sql: str, params: tuple = ()) -> int:
         return self._db.execute(sql, params).rowcount
