@@ -38,8 +38,7 @@ class LiveStreamResponse(Response):
 
         async def watch() -> None:
             nonlocal gone
-            while (await receive())["type"] != "http.disconnect":
-                pass
+            await _disconnect(receive)
             if not done:
                 gone = True
                 sender.cancel()
@@ -88,7 +87,7 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     Only for requests whose body has been read: from then on, receive() waits for the disconnect.
     """
     work_task = asyncio.ensure_future(work)
-    watch_task = asyncio.ensure_future(_disconnect(request))
+    watch_task = asyncio.ensure_future(_disconnect(request.receive))
     try:
         await asyncio.wait({work_task, watch_task}, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -101,6 +100,6 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     return work_task.result()
 
 
-async def _disconnect(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
+async def _disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
         pass
