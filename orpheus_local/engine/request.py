@@ -36,9 +36,6 @@ class Request:
     def __post_init__(self):
         self.limit = self.max_tokens or self.params.max_new_tokens
 
-    def budget_left(self) -> int:
-        return self.limit - len(self.generated)
-
 
 @dataclass(eq=False)
 class StepOutput:
