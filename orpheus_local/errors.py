@@ -14,6 +14,9 @@ class InputError(OrpheusError, ValueError):
         self.field = field
         self.message = message
 
+    def __reduce__(self):  # rebuilt from its fields where it crosses processes (Ray Serve replicas)
+        return type(self), (self.field, self.message)
+
 
 class QueueFullError(OrpheusError):
     """More requests waiting than the configured limit (HTTP 429)."""
@@ -29,3 +32,7 @@ class GenerationError(OrpheusError):
     def __init__(self, request_id: str, message: str = "generation failed"):
         super().__init__(f"{message} (request {request_id})")
         self.request_id = request_id
+        self.message = message
+
+    def __reduce__(self):
+        return type(self), (self.request_id, self.message)

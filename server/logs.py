@@ -56,9 +56,28 @@ class JsonFormatter(logging.Formatter):
 def configure_logging(level: str, log_format: str) -> None:
     """Every logger (uvicorn's included) to stderr in the chosen format. Leaves logging alone where
     the process has configured it already (an embedding application, a test runner)."""
+    logging.basicConfig(level=level.upper(), handlers=[_stderr_handler(log_format)])
+
+
+# The packages whose records a Ray Serve replica writes: Ray's worker has configured the root logger
+# (WARNING) and Serve its own logger, so the server's request lines would be dropped there.
+OWN_LOGGERS = ("server", "orpheus_local")
+
+
+def configure_replica_logging(level: str, log_format: str) -> None:
+    """In a Ray Serve replica: the server's own loggers to the replica's stderr, which Ray keeps in the
+    worker's log file and forwards to the driver, in the chosen format."""
+    for name in OWN_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.handlers = [_stderr_handler(log_format)]
+        logger.setLevel(level.upper())
+        logger.propagate = False
+
+
+def _stderr_handler(log_format: str) -> logging.Handler:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
-    logging.basicConfig(level=level.upper(), handlers=[handler])
+    return handler
 
 
 def log_settings(settings: ServerSettings) -> None:

@@ -25,10 +25,11 @@ import threading
 
 import ray
 from ray import serve
-from ray.serve.metrics import Gauge
 
 from .app import build_app
+from .logs import configure_replica_logging
 from .process_tuning import tune_for_serving
+from .replica_metrics import export_gauges
 from .settings import ServerSettings
 from .state import WARMUP
 
@@ -36,7 +37,6 @@ log = logging.getLogger(__name__)
 
 APP_NAME = "orpheus"
 HEALTH_CHECK_PERIOD_S = 5.0
-METRICS_PERIOD_S = 1.0
 
 
 @serve.deployment(name="OrpheusReplica", health_check_period_s=HEALTH_CHECK_PERIOD_S, health_check_timeout_s=30)
@@ -49,13 +49,14 @@ class OrpheusReplica:
         from orpheus_local.pipeline.synthesizer import Synthesizer
 
         self.settings = ServerSettings(**settings)
+        configure_replica_logging(self.settings.log_level, self.settings.log_format)
         tune_for_serving()  # as a single server does
         self.synth = await asyncio.to_thread(Synthesizer.load, self.settings.engine_config())
         if self.settings.warmup:
             await self.synth.synthesize(WARMUP, "warmup")
         self._replica_id = serve.get_replica_context().replica_id.unique_id
         self._orpheus_app = None
-        self._exporting = asyncio.create_task(self._export_metrics())
+        self._exporting = asyncio.create_task(export_gauges(self._gauges))
 
     def __serve_build_asgi_app__(self):
         # Loaded and warmed up already: the app is ready from its first request.
@@ -68,23 +69,13 @@ class OrpheusReplica:
         if (problem := self.synth.problem()) is not None:
             raise RuntimeError(problem)
 
-    async def _export_metrics(self) -> None:
-        """The load gauges through Ray's metrics export, where each carries its replica's tag: what
-        Prometheus scrapes per node (the proxy's /metrics answers from one replica at a time)."""
-        gauges = {name: Gauge(f"orpheus_replica_{name}", description)
-                  for name, description in (("requests_in_flight", "requests generating or waiting for the engine"),
-                                            ("requests_queued", "requests waiting for a slot in the engine"),
-                                            ("requests_running", "requests holding a slot in the engine"),
-                                            ("speech_sessions", "open speech sessions"))}
-        while True:
-            if self._orpheus_app is not None:
-                state = self._orpheus_app.state.server
-                stats = self.synth.stats()
-                gauges["requests_in_flight"].set(state.admission.count)
-                gauges["requests_queued"].set(stats.get("queued", 0))
-                gauges["requests_running"].set(stats.get("running", 0))
-                gauges["speech_sessions"].set(state.speech_sessions)
-            await asyncio.sleep(METRICS_PERIOD_S)
+    def _gauges(self) -> dict:
+        if self._orpheus_app is None:
+            return {}
+        state = self._orpheus_app.state.server
+        stats = self.synth.stats()
+        return {"requests_in_flight": state.admission.count, "requests_queued": stats.get("queued", 0),
+                "requests_running": stats.get("running", 0), "speech_sessions": state.speech_sessions}
 
     def __del__(self):
         self.synth.close()
@@ -117,10 +108,15 @@ def _wants_gpus(settings: ServerSettings) -> bool:
 
 def build_application(args: dict) -> serve.Application:
     """For `serve run deploy/serve.yaml`: args are the server's settings by name (weights, demo,
-    replicas, max_in_flight, ...)."""
+    replicas, max_in_flight, ...). The replicas get the settings that were set, not the defaults, so
+    that they read them as given (--model refuses a --weights given with it)."""
     settings = ServerSettings(**args)
-    replica = OrpheusReplica.options(**deployment_options(settings, _wants_gpus(settings)))
-    return replica.bind(settings.model_dump(mode="json"))
+    options = deployment_options(settings, _wants_gpus(settings))
+    if settings.model:  # several checkpoints: a deployment each, behind a front
+        from .checkpoint_replicas import checkpoints_application
+
+        return checkpoints_application(settings, options)
+    return OrpheusReplica.options(**options).bind(settings.model_dump(mode="json", exclude_unset=True))
 
 
 def serve_replicas(settings: ServerSettings) -> int:
@@ -128,10 +124,12 @@ def serve_replicas(settings: ServerSettings) -> int:
     host:port, and serve until SIGTERM or SIGINT; exit status 0 after a drained stop."""
     stop = threading.Event()
     joined = settings.ray_address is not None
-    if settings.demo:  # built once here, not by each replica at the same time
-        from orpheus_local.weights.demo import build_demo_checkpoint
+    # demo checkpoints built once here, not by each replica at the same time
+    from orpheus_local.weights.demo import build_demo_checkpoint
 
-        build_demo_checkpoint(settings.demo_dir)
+    for config in settings.engine_configs().values() if settings.model else [settings.engine_config()]:
+        if config.demo:
+            build_demo_checkpoint(config.demo_dir, seed=config.demo_seed)
     # A cluster of this machine alone listens on loopback only; one joined is reached as it is set up.
     # Ray runs its workers at niceness 15: a replica is the server's work, not background work.
     local = {} if joined else {"_node_ip_address": "127.0.0.1", "_system_config": {"worker_niceness": 0}}
@@ -141,7 +139,7 @@ def serve_replicas(settings: ServerSettings) -> int:
         signal.signal(sig, lambda *_: stop.set())
     try:
         serve.start(http_options={"host": settings.host, "port": settings.port})
-        serve.run(build_application(settings.model_dump(mode="json")), name=APP_NAME, route_prefix="/")
+        serve.run(build_application(settings.model_dump(mode="json", exclude_unset=True)), name=APP_NAME, route_prefix="/")
         log.info("serving %d replica(s) on http://%s:%d", settings.replicas, settings.host, settings.port)
         stop.wait()
         log.info("stopping: the replicas finish what is under way (%g s at most)", settings.shutdown_grace_s)

@@ -199,12 +199,12 @@ class ServerSettings(BaseSettings):
             return self
         given = self.model_fields_set
         clashes = [flag for flag, field in (("--weights", "weights"), ("--demo", "demo"), ("--voices", "voices"),
-                                            ("--simulated-step-ms", "simulated_step_ms"), ("--replicas", "replicas"))
+                                            ("--simulated-step-ms", "simulated_step_ms"))
                    if field in given and getattr(self, field)]
         if clashes:
             raise ValueError(f"--model serves each checkpoint given with it; it does not go with {', '.join(clashes)} "
                              f"(give the default as --model {SERVED_MODEL}=PATH, a demo as NAME=demo, voices in a "
-                             "voices.json beside each checkpoint's config; --replicas serves one checkpoint)")
+                             "voices.json beside each checkpoint's config)")
         for alias in self.model_aliases:
             if alias in self.checkpoints():
                 raise ValueError(f"model alias {alias!r} is the name of a served checkpoint")

@@ -91,7 +91,7 @@ class ServerState:
         return totals
 
     def _engine_total(self, key: str) -> float:
-        return sum(synth.stats()[key] for synth in self.synths.values())
+        return sum(synth.stats().get(key, 0) for synth in self.synths.values())
 
     def _codec_overloaded(self) -> str | None:
         """Why new requests must wait for the audio decoder (the furthest behind of the checkpoints'), or None."""

@@ -139,7 +139,6 @@ def test_the_default_is_the_one_named_orpheus_3b_0_1_else_the_first():
     (["--model", "a b=demo"], "a name is 1 to 64 letters"),
     (["--model", "a=demo", "--demo"], "it does not go with --demo"),
     (["--model", "a=demo", "--weights", "w"], "it does not go with --weights"),
-    (["--model", "a=demo", "--replicas", "2"], "it does not go with --replicas"),
     (["--model", "a=demo", "--model-aliases", '{"mine": "b"}'], "model alias 'mine' names 'b'; this server "
                                                                  "serves orpheus-3b-0.1, a"),
     (["--model", "a=demo", "--model-aliases", '{"a": "orpheus-3b-0.1"}'], "'a' is the name of a served checkpoint"),
