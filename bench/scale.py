@@ -9,9 +9,13 @@ Two figures:
   replica has one CPU core and one torch thread, so on a machine with two cores or more, two
   replicas should serve close to twice as much;
 - proxy latency: time to first audio of a streamed request at concurrency 1 through Ray Serve's
-  proxy (`--replicas 1`) against a plain `serve --demo`, medians of --latency-requests each.
-Each server is started, measured and stopped in turn; --rounds repeats the whole and the medians
-of the rounds are reported. --simulated-step-ms S serves a simulated device instead of the demo model
+  proxy (`--replicas 1`) against a plain `serve --demo`. Both servers run at once and the requests
+  go in pairs, one to each, in a random order, so that both see the same machine (Ray's cluster
+  idling, whatever else runs): the figure is the median of the pairs' differences, over
+  --latency-requests pairs. Servers measured one after the other differ by more than the proxy's
+  cost on a small machine.
+The throughput servers are started, measured and stopped in turn; --rounds repeats the whole and
+the medians of the rounds are reported. --simulated-step-ms S serves a simulated device instead of the demo model
 (engine steps that sleep S ms, a codec that costs nothing): the proxy's own cost, without the
 model's compute competing with Ray's processes for the same cores.
 """
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import statistics
 import sys
 import time
@@ -47,11 +52,23 @@ async def first_audio_s(client: httpx.AsyncClient) -> float:
     raise RuntimeError("no audio")
 
 
-async def latency(base_url: str, n: int) -> float:
-    """Median time to first audio, one request at a time, ms."""
-    async with httpx.AsyncClient(base_url=base_url, timeout=120) as client:
-        await first_audio_s(client)  # warm the connection and the path
-        return 1000 * statistics.median([await first_audio_s(client) for _ in range(n)])
+async def paired_latency(plain_url: str, proxied_url: str, pairs: int, seed: int) -> dict:
+    """Time to first audio, one request at a time, in pairs (plain, proxied) sent in a random order:
+    the medians of each, and the median of the pairs' differences, ms."""
+    order = random.Random(seed)
+    plain_ms, proxied_ms = [], []
+    async with httpx.AsyncClient(base_url=plain_url, timeout=120) as plain, \
+            httpx.AsyncClient(base_url=proxied_url, timeout=120) as proxied:
+        for client in (plain, proxied):
+            await first_audio_s(client)  # warm the connections and the paths
+        for _ in range(pairs):
+            first, second = (plain, proxied) if order.random() < 0.5 else (proxied, plain)
+            times = {first: await first_audio_s(first), second: await first_audio_s(second)}
+            plain_ms.append(1000 * times[plain])
+            proxied_ms.append(1000 * times[proxied])
+    return {"plain_first_audio_ms": statistics.median(plain_ms),
+            "proxied_first_audio_ms": statistics.median(proxied_ms),
+            "proxy_added_ms": statistics.median(b - a for a, b in zip(plain_ms, proxied_ms))}
 
 
 async def throughput(base_url: str, concurrency: int, requests: int) -> float:
@@ -75,34 +92,31 @@ async def throughput(base_url: str, concurrency: int, requests: int) -> float:
         return audio_s / (time.perf_counter() - started)
 
 
-def with_server(flags: list[str], measure):
-    server = ServeProcess(flags)
+def with_servers(flag_sets: list[list[str]], measure):
+    servers = [ServeProcess(flags) for flags in flag_sets]
     try:
-        server.wait_ready()
-        return asyncio.run(measure(server.base_url))
+        for server in servers:
+            server.wait_ready()
+        return asyncio.run(measure(*(server.base_url for server in servers)))
     finally:
-        server.stop()
+        for server in servers:
+            server.stop()
 
 
-def one_round(args: argparse.Namespace) -> dict:
+def one_round(args: argparse.Namespace, seed: int) -> dict:
     base = BASE if args.simulated_step_ms is None else ["--simulated-step-ms", str(args.simulated_step_ms)]
-    plain_ms = with_server(base, lambda url: latency(url, args.latency_requests))
-
-    async def one_replica(url: str) -> tuple[float, float]:
-        return await latency(url, args.latency_requests), await throughput(url, args.concurrency, args.requests)
-
-    proxied_ms, one = with_server([*base, "--replicas", "1"], one_replica)
-    two = with_server([*base, "--replicas", "2"], lambda url: throughput(url, args.concurrency, args.requests))
-    return {"plain_first_audio_ms": plain_ms, "proxied_first_audio_ms": proxied_ms,
-            "proxy_added_ms": proxied_ms - plain_ms, "one_replica_audio_s_per_s": one,
-            "two_replicas_audio_s_per_s": two, "two_over_one": two / one}
+    latency = with_servers([base, [*base, "--replicas", "1"]],
+                           lambda plain, proxied: paired_latency(plain, proxied, args.latency_requests, seed))
+    one = with_servers([[*base, "--replicas", "1"]], lambda url: throughput(url, args.concurrency, args.requests))
+    two = with_servers([[*base, "--replicas", "2"]], lambda url: throughput(url, args.concurrency, args.requests))
+    return {**latency, "one_replica_audio_s_per_s": one, "two_replicas_audio_s_per_s": two, "two_over_one": two / one}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--requests", type=int, default=32, help="per throughput measurement")
-    parser.add_argument("--latency-requests", type=int, default=10)
+    parser.add_argument("--latency-requests", type=int, default=100, help="pairs, one request to each server")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--simulated-step-ms", type=float,
                         help="serve a simulated device with this step instead of the demo model")
@@ -110,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rounds = []
     for i in range(args.rounds):
-        rounds.append(one_round(args))
+        rounds.append(one_round(args, seed=i))
         print(f"round {i + 1}: " + ", ".join(f"{k} {v:.3g}" for k, v in rounds[-1].items()), flush=True)
     result = {key: round(statistics.median(r[key] for r in rounds), 3) for key in rounds[0]}
     print(f"two replicas serve {result['two_over_one']:.2f}x the audio of one at concurrency {args.concurrency}; "

@@ -21,6 +21,7 @@ from typing import AsyncIterator
 
 import numpy as np
 from ray import serve
+from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from orpheus_local.errors import QueueFullError
@@ -106,6 +107,7 @@ class RemoteSynthesizer:
     def __init__(self, handle: DeploymentHandle, voices: Voices):
         self.handle = handle
         self.voices = voices
+        self._streaming = handle.options(stream=True)
 
     @classmethod
     async def connect(cls, handle: DeploymentHandle) -> "RemoteSynthesizer":
@@ -113,14 +115,15 @@ class RemoteSynthesizer:
 
     async def stream(self, params: SynthesisParams, request_id: str | None = None, *, ignore_eos: bool = False,
                      on_guard=None, whole_file: bool = False) -> AsyncIterator[np.ndarray]:
-        chunks = self.handle.options(stream=True).stream.remote(params, request_id or uuid.uuid4().hex,
-                                                                ignore_eos, whole_file)
+        chunks = self._streaming.stream.remote(params, request_id or uuid.uuid4().hex, ignore_eos, whole_file)
         try:
             async for item in chunks:
                 if not isinstance(item, GuardFired):
                     yield item
                 elif on_guard is not None:
                     on_guard(item.guard, item.action)
+        except BackPressureError:  # every replica of the checkpoint full, and Ray's queue for it too
+            raise QueueFullError("every replica of the checkpoint is full") from None
         finally:
             chunks.cancel()  # a listener that left stops the replica's generation now
 
