@@ -14,6 +14,8 @@ stops taking requests, finishes those under way for --shutdown-grace-s at most, 
 engine; then the command exits 0.
 
 `serve run deploy/serve.yaml` builds the same application from a config file (build_application).
+With several checkpoints (--model given more than once) each is a deployment of its own behind a
+front that serves the app: see checkpoint_replicas.py.
 """
 
 from __future__ import annotations
