@@ -28,14 +28,15 @@ from orpheus_local.errors import QueueFullError
 from orpheus_local.params import SynthesisParams, VoiceReference
 from orpheus_local.voices import Voices
 
-from .app import build_app
-from .logs import configure_replica_logging
-from .process_tuning import tune_for_serving
-from .replica_metrics import export_gauges
+from .replica_base import (
+    HEALTH_CHECK_PERIOD_S,
+    HoldsEngine,
+    ServesTheApp,
+    export_gauges,
+    replica_settings,
+)
 from .settings import ServerSettings
 from .state import WARMUP
-
-HEALTH_CHECK_PERIOD_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ class GuardFired:
 
 
 @serve.deployment(health_check_period_s=HEALTH_CHECK_PERIOD_S, health_check_timeout_s=30)
-class OrpheusCheckpoint:
+class OrpheusCheckpoint(HoldsEngine):
     """One replica of one checkpoint: its engine and codec, loaded and warmed up before Ray sends it
     any generation."""
 
@@ -54,16 +55,12 @@ class OrpheusCheckpoint:
         # torch is imported in the replica only
         from orpheus_local.pipeline.checkpoint_set import load_checkpoints
 
-        self.settings = ServerSettings(**settings)
-        configure_replica_logging(self.settings.log_level, self.settings.log_format)
-        tune_for_serving()
+        self.settings = replica_settings(settings)
         config = self.settings.engine_configs()[name]
         self.synth = (await asyncio.to_thread(load_checkpoints, {name: config}))[name]
         if self.settings.warmup:
             await self.synth.synthesize(WARMUP, "warmup")
-        self._exporting = asyncio.create_task(export_gauges(lambda: {
-            "requests_queued": self.synth.stats().get("queued", 0),
-            "requests_running": self.synth.stats().get("running", 0)}))
+        self._exporting = asyncio.create_task(export_gauges(self.engine_gauges))
 
     def voices(self) -> Voices:
         return self.synth.voices
@@ -89,14 +86,6 @@ class OrpheusCheckpoint:
 
     async def clone_voice(self, name: str, transcript: str, recording: bytes) -> VoiceReference:
         return await asyncio.to_thread(self.synth.clone_voice, name, transcript, recording)
-
-    async def check_health(self) -> None:
-        """Ray's health check: raising marks this replica unhealthy, and Ray replaces it."""
-        if (problem := self.synth.problem()) is not None:
-            raise RuntimeError(problem)
-
-    def __del__(self):
-        self.synth.close()
 
 
 class RemoteSynthesizer:
@@ -150,30 +139,13 @@ class RemoteSynthesizer:
 
 @serve.deployment(health_check_period_s=HEALTH_CHECK_PERIOD_S, health_check_timeout_s=30)
 @serve.ingress()
-class OrpheusFront:
+class OrpheusFront(ServesTheApp):
     """The HTTP app in front of the checkpoints' deployments."""
 
     async def __init__(self, settings: dict, checkpoints: dict[str, DeploymentHandle]):
-        self.settings = ServerSettings(**settings)
-        configure_replica_logging(self.settings.log_level, self.settings.log_format)
-        tune_for_serving()
+        self.settings = replica_settings(settings)
         synths = await asyncio.gather(*(RemoteSynthesizer.connect(handle) for handle in checkpoints.values()))
-        self.synths = dict(zip(checkpoints, synths))
-        self._replica_id = serve.get_replica_context().replica_id.unique_id
-        self._orpheus_app = None
-        self._exporting = asyncio.create_task(export_gauges(self._gauges))
-
-    def __serve_build_asgi_app__(self):
-        # the checkpoints' replicas have warmed up already
-        self._orpheus_app = build_app(self.synths, self.settings.model_copy(update={"warmup": False}),
-                                      replica_id=self._replica_id)
-        return self._orpheus_app
-
-    def _gauges(self) -> dict:
-        if self._orpheus_app is None:
-            return {}
-        state = self._orpheus_app.state.server
-        return {"requests_in_flight": state.admission.count, "speech_sessions": state.speech_sessions}
+        self.serve_app(dict(zip(checkpoints, synths)))  # the checkpoints' replicas have warmed up already
 
 
 def checkpoints_application(settings: ServerSettings, options: dict) -> serve.Application:

@@ -28,59 +28,34 @@ import threading
 import ray
 from ray import serve
 
-from .app import build_app
-from .logs import configure_replica_logging
-from .process_tuning import tune_for_serving
-from .replica_metrics import export_gauges
+from .replica_base import (
+    HEALTH_CHECK_PERIOD_S,
+    HoldsEngine,
+    ServesTheApp,
+    replica_settings,
+)
 from .settings import ServerSettings
 from .state import WARMUP
 
 log = logging.getLogger(__name__)
 
 APP_NAME = "orpheus"
-HEALTH_CHECK_PERIOD_S = 5.0
 
 
 @serve.deployment(name="OrpheusReplica", health_check_period_s=HEALTH_CHECK_PERIOD_S, health_check_timeout_s=30)
 @serve.ingress()
-class OrpheusReplica:
+class OrpheusReplica(HoldsEngine, ServesTheApp):  # HoldsEngine first: its engine_gauges are this engine's
     """One replica: loads and warms up its synthesizer before Ray sends it any request."""
 
     async def __init__(self, settings: dict):
         # torch is imported in the replica only
         from orpheus_local.pipeline.synthesizer import Synthesizer
 
-        self.settings = ServerSettings(**settings)
-        configure_replica_logging(self.settings.log_level, self.settings.log_format)
-        tune_for_serving()  # as a single server does
+        self.settings = replica_settings(settings)
         self.synth = await asyncio.to_thread(Synthesizer.load, self.settings.engine_config())
         if self.settings.warmup:
             await self.synth.synthesize(WARMUP, "warmup")
-        self._replica_id = serve.get_replica_context().replica_id.unique_id
-        self._orpheus_app = None
-        self._exporting = asyncio.create_task(export_gauges(self._gauges))
-
-    def __serve_build_asgi_app__(self):
-        # Loaded and warmed up already: the app is ready from its first request.
-        self._orpheus_app = build_app(self.synth, self.settings.model_copy(update={"warmup": False}),
-                             replica_id=self._replica_id)
-        return self._orpheus_app
-
-    async def check_health(self) -> None:
-        """Ray's health check: raising marks this replica unhealthy, and Ray replaces it."""
-        if (problem := self.synth.problem()) is not None:
-            raise RuntimeError(problem)
-
-    def _gauges(self) -> dict:
-        if self._orpheus_app is None:
-            return {}
-        state = self._orpheus_app.state.server
-        stats = self.synth.stats()
-        return {"requests_in_flight": state.admission.count, "requests_queued": stats.get("queued", 0),
-                "requests_running": stats.get("running", 0), "speech_sessions": state.speech_sessions}
-
-    def __del__(self):
-        self.synth.close()
+        self.serve_app(self.synth)
 
 
 def deployment_options(settings: ServerSettings, gpus: bool) -> dict:

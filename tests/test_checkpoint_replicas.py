@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 
 import httpx
 import pytest
 import websockets
 from support.asgi import SHORT, SPEECH, serve
-from support.process import start_server
+from support.process import serve_replicas, start_server
 from support.recordings import tone, wav_bytes
 
 from orpheus_local.pipeline.checkpoint_set import load_checkpoints
@@ -47,20 +46,6 @@ def replicas(checkpoints):
     server.stop()
 
 
-def deployment_processes() -> list[str]:
-    """The Ray Serve replicas' process titles of this machine's app, e.g. ray::ServeReplica:orpheus:checkpoint-a."""
-    titles = []
-    for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
-                title = cmdline.read().split(b"\0")[0].decode()
-        except (OSError, UnicodeDecodeError):
-            continue
-        if title.startswith("ray::ServeReplica:orpheus:"):
-            titles.append(title.removeprefix("ray::ServeReplica:orpheus:"))
-    return sorted(titles)
-
-
 REQUESTS = [  # (route, body): by slug, by OpenAI model, the default
     ("/v1/b", {**SHORT, "voice": "amelie"}),
     (SPEECH, {"input": "Hello there.", "model": "b", "voice": "pierre", "response_format": "wav",
@@ -81,7 +66,7 @@ async def test_each_checkpoint_is_a_deployment_and_answers_as_one_server_holding
     async with httpx.AsyncClient(base_url=replicas.base_url, timeout=WAIT_S) as client:
         served = [await client.post(route, json=body) for route, body in REQUESTS]
         unknown = await client.post(SPEECH, json={**REQUESTS[1][1], "model": "c"})
-    assert deployment_processes() == ["OrpheusFront", "checkpoint-a", "checkpoint-b"]
+    assert sorted(serve_replicas().values()) == ["OrpheusFront", "checkpoint-a", "checkpoint-b"]
     assert [r.status_code for r in served] == [200, 200, 200], [r.text[:300] for r in served]
     assert [r.headers["x-model"] for r in served] == ["b", "b", "a"]
     for got, want in zip(served, expected):

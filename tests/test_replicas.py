@@ -15,7 +15,7 @@ import httpx
 import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
-from support.process import start_server
+from support.process import serve_replicas, start_server
 
 from server.replicas import deployment_options
 from server.settings import ServerSettings
@@ -35,19 +35,6 @@ def replicas(demo_dirs):
                           ready_timeout=300)
     yield server
     server.stop()
-
-
-def replica_pids() -> list[int]:
-    """Processes of this machine's Ray Serve replicas of the app (Ray names them ray::ServeReplica:...)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
-                if cmdline.read().startswith(b"ray::ServeReplica:orpheus:"):
-                    pids.append(int(entry))
-        except (OSError, ValueError):
-            continue
-    return pids
 
 
 async def speak(client: httpx.AsyncClient) -> httpx.Response:
@@ -110,7 +97,7 @@ async def test_a_killed_replica_fails_its_requests_cleanly_and_is_replaced_while
     async with httpx.AsyncClient(base_url=replicas.base_url, timeout=WAIT_S) as client:
         load = [asyncio.create_task(speak(client)) for _ in range(2 * REPLICA_PLACES)]
         await asyncio.sleep(1)  # under way (each takes seconds); which replica has which is Ray's choice
-        victim = replica_pids()[0]
+        victim = next(iter(serve_replicas()))
         os.kill(victim, signal.SIGKILL)
         outcomes = await asyncio.gather(*load)  # every one ends: none hangs past the client's timeout
     for response in outcomes:
@@ -123,7 +110,7 @@ async def test_a_killed_replica_fails_its_requests_cleanly_and_is_replaced_while
         if len(ids) == 2 and ids - before:
             break
         assert time.monotonic() < deadline, f"two replicas did not serve again: {ids}, before {before}"
-    assert victim not in replica_pids() and len(replica_pids()) == 2
+    assert victim not in serve_replicas() and len(serve_replicas()) == 2
 
 
 async def test_sigterm_lets_the_request_under_way_finish_then_exits_0(replicas):
@@ -138,7 +125,7 @@ async def test_sigterm_lets_the_request_under_way_finish_then_exits_0(replicas):
                 audio += chunk
     assert complete(whole) and len(audio) == len(whole.content)  # finished, not cut
     assert await asyncio.to_thread(replicas.wait, WAIT_S) == 0
-    assert replica_pids() == []
+    assert serve_replicas() == {}
 
 
 @pytest.mark.parametrize("path", ["deploy/serve.yaml", "deploy/kubernetes/rayservice.yaml"])

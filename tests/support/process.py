@@ -23,6 +23,22 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def serve_replicas(app: str = "orpheus") -> dict[int, str]:
+    """This machine's Ray Serve replica processes of app: pid -> deployment (Ray titles them
+    ray::ServeReplica:APP:DEPLOYMENT)."""
+    prefix = f"ray::ServeReplica:{app}:"
+    replicas = {}
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                title = cmdline.read().split(b"\0")[0].decode()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if entry.isdigit() and title.startswith(prefix):
+            replicas[int(entry)] = title.removeprefix(prefix)
+    return replicas
+
+
 def rss_bytes(pid: int) -> int:
     """Resident memory of a process (Linux), from /proc/<pid>/status."""
     with open(f"/proc/{pid}/status") as status:
