@@ -44,8 +44,7 @@ class ServerState:
         # Each served checkpoint's names, its voices as far as the settings tell; replaced by the
         # loaded checkpoints' (load()). openai_names: the default checkpoint's.
         self.checkpoint_names = settings.checkpoint_names()
-        self.names_by_model = {name: settings.openai_names(model=name) for name in self.checkpoint_names}
-        self.openai_names = self.names_by_model[self.checkpoint_names[0]]
+        self._set_names(lambda _model: None)  # None: the voices as far as the settings tell
         self.created = int(time.time())
         self.metrics = Metrics()
         self.admission = Admission(settings.max_in_flight, overloaded=self._codec_overloaded)
@@ -133,9 +132,7 @@ class ServerState:
             else:
                 loaded = source
             self.synths = dict(loaded) if isinstance(loaded, dict) else {self.checkpoint_names[0]: loaded}
-            self.names_by_model = {name: self.settings.openai_names(self._served_voices(name), model=name)
-                                   for name in self.checkpoint_names}
-            self.openai_names = self.names_by_model[self.checkpoint_names[0]]
+            self._set_names(self._served_voices)
             if self.settings.warmup:
                 started = time.perf_counter()
                 for synth in self.synths.values():
@@ -156,6 +153,12 @@ class ServerState:
             log.info("ready to serve")
         finally:
             self.loaded.set()
+
+    def _set_names(self, voices_of: Callable[[str], Voices | None]) -> None:
+        """Each served checkpoint's names with voices_of(its name) as its voices; openai_names: the default's."""
+        self.names_by_model = {name: self.settings.openai_names(voices_of(name), model=name)
+                               for name in self.checkpoint_names}
+        self.openai_names = self.names_by_model[self.checkpoint_names[0]]
 
     async def names_for(self, owner: str | None, voice: str | None, model: str | None = None) -> OpenAINames:
         """The names a request may use with the checkpoint named model (None: the default): the
