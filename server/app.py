@@ -27,11 +27,13 @@ def build_app(
     settings: ServerSettings,
     *,
     on_load_error: Callable[[BaseException], None] | None = None,
+    on_ready: Callable[[], None] | None = None,
     replica_id: str | None = None,
 ) -> FastAPI:
     """The app serving `synthesizer`: a loaded Synthesizer, or a function that loads one (called in
     a thread during start-up, so /health answers meanwhile). on_load_error is called if loading or
-    warm-up fails; without it the app stays up and /ready reports the failure. replica_id: what
+    warm-up fails; without it the app stays up and /ready reports the failure. on_ready is called
+    once it has loaded and warmed up, before /ready says so. replica_id: what
     X-Replica-Id says (a Ray Serve replica's id; unset: a fresh one for this process)."""
     state = ServerState(settings)
     keys = load_keys(settings.api_keys_file)
@@ -43,7 +45,7 @@ def build_app(
             log.info("API keys required (%d configured)", len(keys))
         else:
             log.warning("no API keys configured: the server is open to anyone who can reach it")
-        loading = asyncio.create_task(state.load(synthesizer, on_load_error))
+        loading = asyncio.create_task(state.load(synthesizer, on_load_error, on_ready))
         try:
             yield
         finally:

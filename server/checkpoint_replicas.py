@@ -28,6 +28,7 @@ from orpheus_local.errors import QueueFullError
 from orpheus_local.params import SynthesisParams, VoiceReference
 from orpheus_local.voices import Voices
 
+from .process_tuning import settle_heap
 from .replica_base import (
     HEALTH_CHECK_PERIOD_S,
     HoldsEngine,
@@ -60,6 +61,7 @@ class OrpheusCheckpoint(HoldsEngine):
         self.synth = (await asyncio.to_thread(load_checkpoints, {name: config}))[name]
         if self.settings.warmup:
             await self.synth.synthesize(WARMUP, "warmup")
+        settle_heap()
         self._exporting = asyncio.create_task(export_gauges(self.engine_gauges))
 
     def voices(self) -> Voices:

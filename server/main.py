@@ -26,7 +26,7 @@ from orpheus_local.weights.checkpoint import (
 from .connections import ConnectionLimits
 from .lifecycle import GracefulServer
 from .logs import configure_logging, log_settings
-from .process_tuning import tune_for_serving
+from .process_tuning import settle_heap, tune_for_serving
 from .settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         # the app (torch, transformers): imported only once the settings are known to be good
         from .app import build_app
 
-        app = None if settings.replicas else build_app(loader, settings, on_load_error=stop)
+        app = None if settings.replicas else build_app(loader, settings, on_load_error=stop, on_ready=settle_heap)
     except (SettingsError, ValidationError, CheckpointError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -6,6 +6,7 @@ GIL; with the interpreter's default switch interval the engine thread waits too 
 
 from __future__ import annotations
 
+import gc
 import sys
 
 # A thread that wants the GIL gets it after the holder has run this long (5 ms by default). The
@@ -20,3 +21,13 @@ SWITCH_INTERVAL_S = 0.0005
 def tune_for_serving() -> None:
     """Call once, after the imports and before serving."""
     sys.setswitchinterval(SWITCH_INTERVAL_S)
+
+
+def settle_heap() -> None:
+    """Call once the model is loaded, before marking the server ready. What exists now (modules,
+    the tokenizer, the model's Python objects: about 250,000 objects) lives as long as the process,
+    so the collector stops walking it: a full collection then takes microseconds instead of 150 ms
+    or more, which it would spend holding the GIL, every other thread (the event loop, the engine)
+    stalled meanwhile."""
+    gc.collect()
+    gc.freeze()

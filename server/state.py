@@ -121,9 +121,10 @@ class ServerState:
                 return problem if len(self.synths) == 1 else f"{name}: {problem}"
         return None
 
-    async def load(self, source: SynthesizerSource, on_error: Callable[[BaseException], None] | None) -> None:
+    async def load(self, source: SynthesizerSource, on_error: Callable[[BaseException], None] | None,
+                   on_ready: Callable[[], None] | None = None) -> None:
         """Open the v2 job store, load (in a thread, so the event loop keeps answering /health), warm
-        up, then mark ready."""
+        up, call on_ready, then mark ready."""
         try:
             await self.jobs.open()  # first: a store that cannot be reached fails the start-up at once
             await self.cloned_voices.open()
@@ -149,6 +150,8 @@ class ServerState:
             if on_error is not None:
                 on_error(exc)
         else:
+            if on_ready is not None:
+                on_ready()
             self.ready = True
             log.info("ready to serve")
         finally:

@@ -56,15 +56,18 @@ class FakeSynth:
     def problem(self) -> str | None:
         return None
 
+    def close(self) -> None:
+        pass
+
 
 @asynccontextmanager
-async def serve(synth, base_url: str = "http://testserver", on_load_error=None, **settings):
+async def serve(synth, base_url: str = "http://testserver", on_load_error=None, on_ready=None, **settings):
     """(client, app) for a started app; returns once loading has ended, unless synth is a loader
     (a callable) whose test watches the loading itself."""
     settings.setdefault("warmup", False)
     with tempfile.TemporaryDirectory(prefix="orpheus-state-") as state_dir:  # the job store's, not the home's
         settings.setdefault("state_dir", state_dir)
-        app = build_app(synth, ServerSettings(**settings), on_load_error=on_load_error)
+        app = build_app(synth, ServerSettings(**settings), on_load_error=on_load_error, on_ready=on_ready)
         async with app.router.lifespan_context(app):
             async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=base_url) as client:
                 if not callable(synth):
