@@ -306,3 +306,42 @@ async def test_a_fault_outside_prefill_and_decode_ends_every_request_and_the_dri
     finally:
         driver.close()
     assert len(after) == 98 and core.stats()["queued"] == core.stats()["running"] == 0
+
+
+class ScriptedRunner:
+    """Gives each slot's request the ids of its script, one per step (prefill and decode alike)."""
+
+    num_slots, max_prompt_tokens, max_reference_tokens = 3, 64, 0
+
+    def __init__(self, scripts: dict[int, list[int]]):
+        self.scripts = scripts  # slot -> ids
+        self.given = {}
+
+    def prefill(self, requests):
+        for r in requests:
+            self.given[r.slot] = 0
+        return [self._next(r.slot) for r in requests]
+
+    def decode(self, requests):
+        return [self._next(r.slot) for r in requests]
+
+    def release(self, request):
+        pass
+
+    def _next(self, slot):
+        self.given[slot] += 1
+        return self.scripts[slot][self.given[slot] - 1]
+
+
+def test_ids_go_out_in_whole_frames_and_an_end_mid_frame_keeps_its_ids_in_generated():
+    audio = [fmt.AUDIO_BASE + (k % 7) * fmt.CODEBOOK_SIZE + k for k in range(30)]
+    runner = ScriptedRunner({0: audio[:10] + [fmt.END_OF_SPEECH], 1: audio[:21] + [fmt.END_OF_SPEECH], 2: audio})
+    core = EngineCore(runner, max_queue=4)
+    stops_mid_frame = core.add([1, 2], params(1))
+    stops_at_frame = core.add([1, 2], params(2))
+    capped = core.add([1, 2], params(3), max_tokens=16)  # its limit: 16 ids, two frames and two more
+    ids, ended = run(core)
+    assert ids[stops_mid_frame] == audio[:7] and stops_mid_frame.generated == audio[:10]
+    assert ids[stops_at_frame] == audio[:21] and stops_at_frame.generated == audio[:21]
+    assert ids[capped] == audio[:14] and capped.generated == audio[:16]
+    assert [ended[r].reason for r in (stops_mid_frame, stops_at_frame, capped)] == ["stop", "stop", "length"]
