@@ -109,6 +109,23 @@ def test_a_paced_decoder_asks_for_a_wakeup_for_its_first_window_and_full_windows
     assert woken == [False] * (decoder.max_chunk - 1) + [True]
 
 
+def test_a_listener_down_to_its_margin_gets_a_wakeup_for_the_frame_its_next_window_waits_for():
+    now = [0.0]
+    decoder = StreamDecoder(clock=lambda: now[0])
+    decoder.push(frames(2))
+    assert decoder.ready_window().count == 1  # 85 ms of audio in hand: under the 100 ms margin
+    assert decoder.ready_window() is None  # frame 1 waits for its right context
+    assert decoder.push(frames(1)) is True  # which makes frame 1 due at once
+    assert decoder.ready_window().count == 1
+    # Ahead of the listener: 16 frames (1.4 s) emitted 0.1 s after the first push, at 3x real time.
+    ahead = StreamDecoder(clock=lambda: now[0])
+    ahead.push(frames(17))
+    assert ahead.ready_window().count == 16
+    assert ahead.ready_window() is None
+    now[0] = 0.1
+    assert ahead.push(frames(1)) is False  # the tick finds its next window in time
+
+
 def test_a_whole_file_decoder_asks_for_a_wakeup_when_a_fixed_window_is_complete():
     decoder = StreamDecoder.whole_file(noise_key=1)
     woken = [decoder.push(frames(1)) for _ in range(decoder.max_chunk + decoder.right_context)]

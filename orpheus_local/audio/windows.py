@@ -119,9 +119,10 @@ class StreamDecoder:
         return self._finished and self._emitted == self._pushed
 
     def push(self, frames: np.ndarray) -> bool:
-        """Append [n, 7] codes. True when a window may be due because of them: the first window, or a
-        full one. Later windows of a paced stream fall due with time, not with frames: whoever
-        decodes looks at them on a timer, and need not be woken for every frame."""
+        """Append [n, 7] codes. True when a window may be due because of them: the first window, a
+        full one, or the next one of a listener down to its margin whose last look found no frame
+        ready. Other windows of a paced stream fall due with time, not with frames: whoever decodes
+        looks at them on a timer, and need not be woken for every frame."""
         frames = np.asarray(frames, dtype=np.int64).reshape(-1, fmt.FRAME_TOKENS)
         with self._lock:
             self._buf = np.concatenate([self._frames(), frames])
@@ -142,7 +143,12 @@ class StreamDecoder:
         self._pushed += count
         ready = self._pushed - self._emitted - self.right_context
         due = ready >= self.max_chunk or (not self._emitted and ready >= 1 and not self.fixed)
-        if due or self._look_at == math.inf:  # a window may be due now: look again
+        waiting_for_frames = self._look_at == math.inf  # the last look found no frame ready
+        if waiting_for_frames and not due and self._emitted and ready >= 1 and not self.fixed:
+            # A listener down to the margin (just after the first chunk, or on a slow step) needs
+            # this frame's window now: a wake-up, not the worker's next tick, up to TICK_S later.
+            due = self._must_emit()
+        if due or waiting_for_frames:  # a window may be due now: look again
             self._look_at = 0.0
         return due
 
