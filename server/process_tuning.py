@@ -1,7 +1,8 @@
 """Interpreter settings for a serving process.
 
 The host side of a server is one Python process whose threads (event loop, engine, codec) share one
-GIL; with the interpreter's default switch interval the engine thread waits too long for it.
+GIL; with the interpreter's default switch interval the engine thread waits too long for it, and a
+full garbage collection over the start-up heap stalls all of them at once.
 """
 
 from __future__ import annotations
