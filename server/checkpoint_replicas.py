@@ -37,7 +37,7 @@ from .replica_base import (
     replica_settings,
 )
 from .settings import ServerSettings
-from .state import WARMUP
+from .state import WARMUP, codec_behind
 
 
 @dataclass(frozen=True)
@@ -70,8 +70,8 @@ class OrpheusCheckpoint(HoldsEngine):
     async def stream(self, params: SynthesisParams, request_id: str, ignore_eos: bool,
                      whole_file: bool) -> AsyncIterator[np.ndarray | GuardFired]:
         """Synthesizer.stream's chunks, with the guards that fired in between them."""
-        if (behind := self.synth.codec_backlog_s()) > self.settings.max_codec_backlog_s:
-            raise QueueFullError(f"the audio decoder is {behind:.1f} s of work behind")
+        if (behind := codec_behind(self.synth.codec_backlog_s(), self.settings.max_codec_backlog_s)) is not None:
+            raise QueueFullError(behind)
         fired: list[GuardFired] = []
 
         def on_guard(guard: str, action: str) -> None:

@@ -14,7 +14,7 @@ from ray.serve.metrics import Gauge
 
 from .app import build_app
 from .logs import configure_replica_logging
-from .process_tuning import tune_for_serving
+from .process_tuning import settle_heap, tune_for_serving
 from .settings import ServerSettings
 from .state import SynthesizerSource
 
@@ -71,7 +71,9 @@ class ServesTheApp:
     settings: ServerSettings
 
     def serve_app(self, source: SynthesizerSource) -> None:
-        """Call at the end of __init__, once source is loaded and warmed up."""
+        """Call at the end of __init__, once source is loaded and warmed up (the heap then settles, as a
+        single server's does before it is ready)."""
+        settle_heap()
         self._app_source = source
         self._replica_id = serve.get_replica_context().replica_id.unique_id
         self._orpheus_app = None

@@ -28,7 +28,6 @@ import threading
 import ray
 from ray import serve
 
-from .process_tuning import settle_heap
 from .replica_base import (
     HEALTH_CHECK_PERIOD_S,
     HoldsEngine,
@@ -56,7 +55,6 @@ class OrpheusReplica(HoldsEngine, ServesTheApp):  # HoldsEngine first: its engin
         self.synth = await asyncio.to_thread(Synthesizer.load, self.settings.engine_config())
         if self.settings.warmup:
             await self.synth.synthesize(WARMUP, "warmup")
-        settle_heap()
         self.serve_app(self.synth)
 
 

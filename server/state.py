@@ -38,6 +38,11 @@ Loaded = Synthesizer | dict[str, Synthesizer]
 SynthesizerSource = Loaded | Callable[[], Loaded]
 
 
+def codec_behind(seconds: float, limit_s: float) -> str | None:
+    """Why new requests must wait for an audio decoder `seconds` of work behind, or None within limit_s."""
+    return f"the audio decoder is {seconds:.1f} s of work behind" if seconds > limit_s else None
+
+
 class ServerState:
     def __init__(self, settings: ServerSettings):
         self.settings = settings
@@ -95,9 +100,7 @@ class ServerState:
     def _codec_overloaded(self) -> str | None:
         """Why new requests must wait for the audio decoder (the furthest behind of the checkpoints'), or None."""
         seconds = max((synth.codec_backlog_s() for synth in self.synths.values()), default=0.0)  # none before loading
-        if seconds > self.settings.max_codec_backlog_s:
-            return f"the audio decoder is {seconds:.1f} s of work behind"
-        return None
+        return codec_behind(seconds, self.settings.max_codec_backlog_s)
 
     def synthesizer(self, model: str | None = None) -> Synthesizer:
         """The synthesizer of the served checkpoint named model (None: the default), or 503 while
