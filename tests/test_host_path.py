@@ -1,6 +1,6 @@
 """The host's work per frame and per chunk: one wake-up of the event loop per engine step, a codec
 woken only when a window falls due, light encoders without a thread hop, engine steps counted and
-exported, and the benchmark client's pool."""
+exported, and the benchmark client's session."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import threading
 
 import numpy as np
 import pytest
+from aiohttp import web
 from prometheus_client import generate_latest
 
-from bench.clients import ClientPool
+from bench.clients import open_session
 from orpheus_local import tokens as fmt
 from orpheus_local.audio.encoders import StreamEncoder, wav_stream_header
 from orpheus_local.audio.simulated import SpeechLikeCodec
@@ -28,6 +29,7 @@ from server.generation import encoded
 from server.metrics import Metrics
 
 FRAMES = 5
+CONCURRENT = 150  # above aiohttp's default pool limit (100)
 
 
 def simulated_core(slots: int) -> EngineCore:
@@ -115,6 +117,8 @@ def test_a_listener_down_to_its_margin_gets_a_wakeup_for_the_frame_its_next_wind
     decoder.push(frames(2))
     assert decoder.ready_window().count == 1  # 85 ms of audio in hand: under the 100 ms margin
     assert decoder.ready_window() is None  # frame 1 waits for its right context
+    decoder.decode_seconds_per_frame = 0.001  # the worker's measured cost, given to every stream meanwhile
+    now[0] = 0.04
     assert decoder.push(frames(1)) is True  # which makes frame 1 due at once
     assert decoder.ready_window().count == 1
     # Ahead of the listener: 16 frames (1.4 s) emitted 0.1 s after the first push, at 3x real time.
@@ -194,16 +198,41 @@ async def test_opus_is_encoded_from_24_khz_without_resampling():
     assert input_rate == 24000
 
 
-async def test_the_client_pool_gives_each_request_in_flight_a_client_and_reuses_them():
-    pool = ClientPool(timeout=5)
+async def test_the_bench_session_queues_no_request_and_keeps_its_connections_alive():
+    """Every request in flight has a connection at once (a queue in the client would count as the
+    server's time to first audio), and the next round reuses them instead of connecting again."""
+    in_flight, all_in, connections = 0, asyncio.Event(), set()
+
+    async def held(request: web.Request) -> web.Response:
+        nonlocal in_flight
+        connections.add(request.transport.get_extra_info("peername"))
+        in_flight += 1
+        if in_flight % CONCURRENT == 0:
+            all_in.set()
+        await all_in.wait()  # answers only once every request of the round has arrived
+        return web.Response(body=b"ok")
+
+    app = web.Application()
+    app.router.add_post("/", held)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = "http://127.0.0.1:%d/" % runner.addresses[0][1]
     try:
-        async with pool.borrow() as first, pool.borrow() as second:
-            assert first is not second
-        async with pool.borrow() as again:
-            assert again in (first, second)
+        async with open_session() as session:
+            async def post() -> bytes:
+                async with session.post(url, data=b"x") as response:
+                    return await response.read()
+
+            for _ in range(2):
+                all_in.clear()
+                bodies = await asyncio.wait_for(asyncio.gather(*(post() for _ in range(CONCURRENT))), 30)
+                assert bodies == [b"ok"] * CONCURRENT
     finally:
-        await pool.aclose()
-    assert first.is_closed and second.is_closed
+        all_in.set()  # a failed round leaves no handler waiting
+        await runner.cleanup()
+    assert len(connections) == CONCURRENT
 
 
 async def test_ids_that_are_not_audio_ids_fail_their_own_stream_when_the_codec_takes_them():

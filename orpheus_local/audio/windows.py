@@ -105,7 +105,9 @@ class StreamDecoder:
     @decode_seconds_per_frame.setter
     def decode_seconds_per_frame(self, seconds: float) -> None:
         self._decode_cost = seconds
-        if seconds > 1.25 * self._look_cost:  # a larger margin may bring the next window forward
+        # A larger margin may bring the next window forward; not one that waits for a frame (its
+        # look found none ready), which the frame's push will wake up for if it is then due.
+        if seconds > 1.25 * self._look_cost and self._look_at != math.inf:
             self._look_at = 0.0
 
     def can_wait(self) -> bool:
