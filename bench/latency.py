@@ -15,11 +15,12 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from urllib.parse import urlsplit
 
-import httpx
+import aiohttp
 from tqdm import tqdm
 
-from .clients import ClientPool
+from .clients import open_session
 from .corpus import CORPUS, load_texts
 from .load import closed_loop, open_loop
 from .measure import measure
@@ -134,7 +135,7 @@ def _plan(args) -> list[tuple[str, float, int | None, float | None]]:
     return [(CLOSED, c, max(16, 4 * c) if unbounded else args.requests, args.duration) for c in args.concurrency]
 
 
-async def _run_level(clients: ClientPool, target: Target, texts: list[str], mode: str, load: float,
+async def _run_level(session: aiohttp.ClientSession, target: Target, texts: list[str], mode: str, load: float,
                      requests: int | None, duration: float | None, timeout: float) -> Level:
     bar = tqdm(total=requests, desc=level_label(mode, load), unit="req", disable=None, file=sys.stderr)
     failed = 0
@@ -142,8 +143,7 @@ async def _run_level(clients: ClientPool, target: Target, texts: list[str], mode
 
     async def send(index: int):
         nonlocal failed
-        async with clients.borrow() as client:
-            result = await measure(client, target, texts[index % len(texts)], index, origin, timeout)
+        result = await measure(session, target, texts[index % len(texts)], index, origin, timeout)
         failed += not result.ok
         bar.set_postfix(errors=failed, refresh=False)
         bar.update(1)
@@ -159,20 +159,14 @@ async def _run_level(clients: ClientPool, target: Target, texts: list[str], mode
 
 
 async def benchmark_levels(target: Target, texts: list[str], plan, warmup: int, timeout: float) -> list[Level]:
-    # A client per request in flight, and no limit on them: a queue in the client would add to the
-    # measured time to first audio.
-    clients = ClientPool(timeout)
-    try:
+    async with open_session() as session:
         warm = []
         for i in range(warmup):
-            async with clients.borrow() as client:
-                warm.append(await measure(client, target, texts[i % len(texts)], i, time.perf_counter(), timeout))
+            warm.append(await measure(session, target, texts[i % len(texts)], i, time.perf_counter(), timeout))
         if any(not r.ok for r in warm):
             print(f"warm-up: {sum(not r.ok for r in warm)} of {warmup} failed; "
                   + "; ".join(error_lines(warm)), file=sys.stderr)
-        return [await _run_level(clients, target, texts, *level, timeout) for level in plan]
-    finally:
-        await clients.aclose()
+        return [await _run_level(session, target, texts, *level, timeout) for level in plan]
 
 
 def _describe(target: Target) -> str:
@@ -248,6 +242,15 @@ def compare(paths: list[Path]) -> int:
     return 0
 
 
+def _http_url(text: str) -> bool:
+    try:
+        url = urlsplit(text)
+        url.port  # noqa: B018 (raises ValueError for a port that is not a number in range)
+    except ValueError:
+        return False
+    return url.scheme in ("http", "https") and bool(url.hostname)
+
+
 def main(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -255,11 +258,7 @@ def main(argv: list[str]) -> int:
         return compare(args.compare)
     if not args.base_url:
         parser.error("--base-url is required (or --compare A.json B.json)")
-    try:
-        scheme = httpx.URL(args.base_url).scheme
-    except httpx.InvalidURL:
-        scheme = None
-    if scheme not in ("http", "https"):
+    if not _http_url(args.base_url):
         parser.error(f"--base-url must be an http:// or https:// URL, got {args.base_url!r}")
     if args.warmup < 0:
         parser.error("--warmup must be 0 or more")

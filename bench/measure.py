@@ -7,7 +7,7 @@ import json
 import time
 from dataclasses import dataclass
 
-import httpx
+import aiohttp
 
 from .audio_meter import AudioError, meter_for
 from .playback import playback
@@ -41,7 +41,7 @@ class RequestResult:
         return self.error is None
 
 
-async def measure(client: httpx.AsyncClient, target: Target, text: str, index: int, origin: float,
+async def measure(session: aiohttp.ClientSession, target: Target, text: str, index: int, origin: float,
                   timeout: float) -> RequestResult:
     """Send one request and time it; every failure becomes a result, never an exception.
 
@@ -50,12 +50,12 @@ async def measure(client: httpx.AsyncClient, target: Target, text: str, index: i
     start = time.perf_counter()
     result = RequestResult(index=index, sent_at=start - origin)
     try:
-        await asyncio.wait_for(_exchange(client, target, text, start, result), timeout)
-    except (asyncio.TimeoutError, httpx.TimeoutException):
+        await asyncio.wait_for(_exchange(session, target, text, start, result), timeout)
+    except asyncio.TimeoutError:  # aiohttp's own timeouts are TimeoutErrors too
         _fail(result, TIMEOUT, f"no complete answer within {timeout:g} s")
-    except httpx.ConnectError as exc:
+    except aiohttp.ClientConnectorError as exc:
         _fail(result, CONNECT, str(exc) or type(exc).__name__)
-    except httpx.RequestError as exc:
+    except aiohttp.ClientError as exc:  # the connection broke, or the response was not valid HTTP
         _fail(result, TRANSPORT, str(exc) or type(exc).__name__)
     except AudioError as exc:
         _fail(result, BAD_AUDIO, str(exc))
@@ -69,16 +69,16 @@ def _fail(result: RequestResult, error: str, message: str) -> None:
     result.samples = result.sample_rate = None
 
 
-async def _exchange(client: httpx.AsyncClient, target: Target, text: str, start: float,
+async def _exchange(session: aiohttp.ClientSession, target: Target, text: str, start: float,
                     result: RequestResult) -> None:
-    async with client.stream("POST", target.url, json=target.body(text), headers=target.headers()) as response:
-        result.status = response.status_code
-        if response.status_code != 200:
-            _fail(result, str(response.status_code), error_message(await response.aread()))
+    async with session.post(target.url, json=target.body(text), headers=target.headers()) as response:
+        result.status = response.status
+        if response.status != 200:
+            _fail(result, str(response.status), error_message(await response.read()))
             return
         received = _Reception(meter_for(target.response_format))
         events = SpeechEvents() if target.sse else None
-        async for data in response.aiter_bytes():
+        async for data in response.content.iter_any():  # each read as it arrives
             now = time.perf_counter()
             result.bytes += len(data)
             received.add(events.feed(data) if events else data, now)

@@ -178,6 +178,46 @@ def test_429_answers_are_counted_by_status(tmp_path, capsys):
     assert (summary["mode"], summary["load"], summary["errors"], summary["error_rate"]) == ("open", 50, {"429": 5}, 1.0)
 
 
+class _CutMidStream(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["content-length"]))
+        self.send_response(200)
+        self.send_header("content-type", "application/octet-stream")
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+        self.wfile.write(b"1000\r\n" + bytes(100))  # a chunk of 4096 bytes announced, 100 sent
+        self.wfile.flush()
+        self.close_connection = True
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_stream_cut_short_is_counted_as_a_transport_error(tmp_path, capsys):
+    stub = ThreadingHTTPServer(("127.0.0.1", 0), _CutMidStream)
+    threading.Thread(target=stub.serve_forever, daemon=True).start()
+    try:
+        code = main(["--base-url", f"http://127.0.0.1:{stub.server_port}", "--api", "openai", "--format", "pcm",
+                     "--concurrency", "2", "--requests", "3", "--warmup", "0", "--out", str(tmp_path)])
+    finally:
+        stub.shutdown()
+        stub.server_close()
+    assert code == 1
+    assert "transport: 3 requests" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "results.json").read_text())["levels"][0]["summary"]
+    assert (summary["requests"], summary["succeeded"], summary["errors"]) == (3, 0, {"transport": 3})
+
+
+@pytest.mark.parametrize("url", ["localhost:8000", "ftp://example.com", "http://", "http://h:99999", "http://[::1"])
+def test_a_base_url_that_is_not_http_is_refused_before_any_request(url, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--base-url", url])
+    assert exit_.value.code == 2
+    assert "--base-url must be an http:// or https:// URL" in capsys.readouterr().err
+
+
 def test_compare_prints_both_runs(segmind_run, openai_run, capsys):
     a, b = segmind_run[0] / "results.json", openai_run[0] / "results.json"
     assert main(["--compare", str(a), str(b)]) == 0
