@@ -7,10 +7,11 @@ It starts `orpheus-local serve --simulated-step-ms S` (routes, middleware, engin
 codec worker and encoders as served; each engine step sleeps S ms with the GIL released, as a GPU
 step waits in its host sync; the codec costs nothing) and drives it with the project's own bench
 client, from --client-processes processes of its own (by default one per 256 streams of the highest
-level). Each level reports the server process's CPU time per second of audio served
-(from /proc), the real-time streams, the time to first audio, the mean wall time of an engine step
-against the simulated one, and the clients' own CPU time (when it nears their wall time, the clients
-are measuring themselves). Every request speaks 3.7 s of audio.
+level). Each level reports the server process's CPU time per second of audio served (from /proc), in
+all and by thread (event loop, engine, codec, encoders), the real-time streams, the time to first
+audio, the mean wall time of an engine step against the simulated one, and the clients' own CPU time
+(when it nears their wall time, the clients are measuring themselves). Every request speaks 3.7 s of
+audio.
 """
 
 from __future__ import annotations
@@ -47,6 +48,27 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+
+
+# The server's threads by their operating-system names (orpheus_local/thread_names.py); the main
+# thread runs the event loop, and the rest (the reference encoder, job files, Python's own) are few.
+THREAD_ROLES = {"orpheus-engine": "engine", "orpheus-codec": "codec", "orpheus-encode": "encoders"}
+ROLES = ("event loop", "engine", "codec", "encoders", "other")
+
+
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds so far of a server's threads, summed by role (ROLES; Linux). A thread that has
+    ended is no longer counted: the server's threads live as long as it does."""
+    seconds = dict.fromkeys(ROLES, 0.0)
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        role = "event loop" if task.name == str(pid) else THREAD_ROLES.get(name, "other")
+        seconds[role] += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return seconds
 
 
 def engine_steps(base_url: str) -> tuple[float, float] | None:
@@ -102,10 +124,11 @@ def measure_level(pool: ProcessPoolExecutor, processes: int, pid: int, base_url:
     shares = [(concurrency * (i + 1) // processes - concurrency * i // processes,
                requests * (i + 1) // processes - requests * i // processes) for i in range(processes)]
     steps_before = engine_steps(base_url)
-    before = cpu_seconds(pid)
+    before, threads_before = cpu_seconds(pid), thread_cpu_seconds(pid)
     futures = [pool.submit(_client_share, base_url, audio_format, c, n) for c, n in shares if c and n]
     outcomes = [f.result() for f in futures]
     cpu = cpu_seconds(pid) - before
+    by_thread = {role: seconds - threads_before[role] for role, seconds in thread_cpu_seconds(pid).items()}
     steps_after = engine_steps(base_url)
     step_ms = None
     if steps_before and steps_after and steps_after[0] > steps_before[0]:
@@ -118,6 +141,9 @@ def measure_level(pool: ProcessPoolExecutor, processes: int, pid: int, base_url:
         "audio_s": round(s.audio_seconds, 2), "server_cpu_s": round(cpu, 2),
         "client_cpu_s": round(sum(c for _, _, c in outcomes), 2),
         "server_cpu_ms_per_audio_s": round(1000 * cpu / s.audio_seconds, 2) if s.audio_seconds else None,
+        # the same, thread by thread: which of the server's threads spends it
+        "server_cpu_ms_per_audio_s_by_thread": {role: round(1000 * seconds / s.audio_seconds, 2)
+                                                for role, seconds in by_thread.items()} if s.audio_seconds else None,
         "realtime_streams": s.realtime_streams, "streams": s.streams_accounted,
         "ttfa_p50_ms": None if s.ttfa_p50 is None else round(1000 * s.ttfa_p50),
         "ttfa_p99_ms": None if s.ttfa_p99 is None else round(1000 * s.ttfa_p99),
@@ -182,6 +208,8 @@ def main(argv: list[str] | None = None) -> None:
         "step_ms": args.step_ms, "client_processes": args.client_processes,
         "server_cpu_ms_per_audio_s": {r["format"]: r["server_cpu_ms_per_audio_s"] for r in rows
                                       if r["concurrency"] == middle},
+        "server_cpu_ms_per_audio_s_by_thread": {r["format"]: r["server_cpu_ms_per_audio_s_by_thread"] for r in rows
+                                                if r["concurrency"] == middle},
         # The highest concurrency at which every stream played without running dry and the p99 time to
         # first audio stayed under 500 ms; None where playback cannot be followed (compressed formats).
         "realtime_streams": {fmt: _realtime(rows, fmt) for fmt in args.formats},

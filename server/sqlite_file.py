@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, TypeVar
 
+from orpheus_local.thread_names import name_os_thread
+
 T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 10_000
@@ -33,7 +35,8 @@ class SqliteFile:
         self._thread: ThreadPoolExecutor | None = None
 
     async def open(self) -> None:
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix=self._thread_name)
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix=self._thread_name, initializer=name_os_thread,
+                                          initargs=(self._thread_name,))
         await self._call(self._open)
 
     async def close(self) -> None:

@@ -59,6 +59,13 @@ def test_bench_host_reports_cpu_per_audio_second_for_each_format(tmp_path):
     [level] = result["levels"]
     assert level["requests"] == 2 and level["errors"] == {} and level["audio_s"] == round(2 * 43 * 2048 / 24000, 2)
     assert result["server_cpu_ms_per_audio_s"]["pcm"] == level["server_cpu_ms_per_audio_s"] > 0
+    # by thread: every role, the named threads found (the engine and the codec worked), adding up to
+    # the process's figure (/proc counts in clock ticks: 10 ms each, rounded per thread)
+    by_thread = result["server_cpu_ms_per_audio_s_by_thread"]["pcm"]
+    assert set(by_thread) == {"event loop", "engine", "codec", "encoders", "other"}
+    assert by_thread["event loop"] > 0 and by_thread["engine"] > 0
+    tick_ms_per_audio_s = 10 / level["audio_s"]
+    assert abs(sum(by_thread.values()) - level["server_cpu_ms_per_audio_s"]) <= 6 * tick_ms_per_audio_s
     assert set(result["realtime_streams"]) == {"pcm"}  # its value depends on this machine's speed
     assert result["client_processes"] == 1
 

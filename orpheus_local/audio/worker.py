@@ -28,6 +28,7 @@ from orpheus_local.audio.snac import SnacCodec
 from orpheus_local.audio.windows import StreamDecoder, Window
 from orpheus_local.errors import NotReadyError
 from orpheus_local.handoff import Delivery, Handoff
+from orpheus_local.thread_names import name_os_thread
 
 log = logging.getLogger(__name__)
 
@@ -277,6 +278,7 @@ class CodecWorker:
         self.core.close()
 
     def _run(self) -> None:
+        name_os_thread("orpheus-codec")
         while not self._stopping:
             if not self.core.has_waiting():  # windows left by the last step's budget: no pause
                 self._wake_event.wait(timeout=TICK_S if self.core.has_work() else None)

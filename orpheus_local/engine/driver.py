@@ -22,6 +22,7 @@ from orpheus_local.engine.stream import TokenStream
 from orpheus_local.errors import GenerationError, NotReadyError
 from orpheus_local.handoff import Delivery
 from orpheus_local.params import SynthesisParams
+from orpheus_local.thread_names import name_os_thread
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ class EngineDriver:
 
     # --- engine thread ---
     def _run(self) -> None:
+        name_os_thread("orpheus-engine")
         while not self._closing:
             if not self.core.has_work():
                 self._wake.wait(timeout=IDLE_WAIT_S)

@@ -13,6 +13,7 @@ from orpheus_local.engine.stream import TokenStream
 from orpheus_local.errors import InputError, NotReadyError, QueueFullError
 from orpheus_local.params import SynthesisParams
 from orpheus_local.reference.generator import ReferenceGenerator
+from orpheus_local.thread_names import name_os_thread
 
 
 class _StreamerToTokenStream:
@@ -95,6 +96,7 @@ class ReferenceBackend:
             self._thread.join(timeout=10)
 
     def _run(self) -> None:
+        name_os_thread("orpheus-reference")
         while not self._closing:
             try:
                 stream, prompt_ids, params, ignore_eos, max_tokens = self._queue.get(timeout=0.5)
