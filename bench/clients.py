@@ -12,10 +12,13 @@ from __future__ import annotations
 import ssl
 
 import aiohttp
+import certifi
 
 
 def open_session() -> aiohttp.ClientSession:
     """A session for one run; close it with `await session.close()` (or use it in `async with`)."""
-    connector = aiohttp.TCPConnector(limit=0, ssl=ssl.create_default_context())  # the CA bundle once, not per connection
+    # certifi's CA bundle, as httpx and requests use: a slim image may have no system bundle
+    tls = ssl.create_default_context(cafile=certifi.where())
+    connector = aiohttp.TCPConnector(limit=0, ssl=tls)
     # auto_decompress off: the bytes counted are the bytes the server sent
     return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None), auto_decompress=False)
