@@ -43,11 +43,15 @@ TEXT = "Hello there, how are you today?"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def _stat_cpu_seconds(stat: Path) -> float:
+    """User and system CPU time in a /proc stat file (a process's or one of its threads')."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+
+
 def cpu_seconds(pid: int) -> float:
     """User and system CPU time of a process so far (Linux)."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+    return _stat_cpu_seconds(Path(f"/proc/{pid}/stat"))
 
 
 # The server's threads by their operating-system names (orpheus_local/thread_names.py); the main
@@ -62,12 +66,10 @@ def thread_cpu_seconds(pid: int) -> dict[str, float]:
     seconds = dict.fromkeys(ROLES, 0.0)
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            name = (task / "comm").read_text().strip()
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            name, cpu = (task / "comm").read_text().strip(), _stat_cpu_seconds(task / "stat")
         except OSError:  # the thread ended meanwhile
             continue
-        role = "event loop" if task.name == str(pid) else THREAD_ROLES.get(name, "other")
-        seconds[role] += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        seconds["event loop" if task.name == str(pid) else THREAD_ROLES.get(name, "other")] += cpu
     return seconds
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ctypes
 import sys
+import threading
 
 _PR_SET_NAME = 15  # prctl option: the calling thread's name
 _LINUX_NAME_BYTES = 15  # the kernel keeps 16 bytes, the terminating NUL included
@@ -23,8 +24,9 @@ def _prctl():
 _PRCTL = _prctl()
 
 
-def name_os_thread(name: str) -> None:
-    """Give the calling thread `name` in the operating system (cut to the 15 bytes Linux keeps).
-    Does nothing where that is not possible."""
+def name_os_thread(name: str | None = None) -> None:
+    """Give the calling thread `name` (default: its Python name) in the operating system, cut to the
+    15 bytes Linux keeps. Does nothing where that is not possible."""
     if _PRCTL is not None:
+        name = threading.current_thread().name if name is None else name
         _PRCTL(_PR_SET_NAME, name.encode()[:_LINUX_NAME_BYTES], 0, 0, 0)

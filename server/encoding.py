@@ -17,12 +17,14 @@ from orpheus_local.thread_names import name_os_thread
 
 T = TypeVar("T")
 
+THREAD_NAME = "orpheus-encode"  # every thread of the pool, in Python and in the OS
+
 
 class EncoderPool:
     def __init__(self, threads: int | None = None):
         threads = threads or min(8, os.cpu_count() or 1)
-        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="orpheus-encode",
-                                            initializer=name_os_thread, initargs=("orpheus-encode",))
+        self._executor = ThreadPoolExecutor(threads, thread_name_prefix=THREAD_NAME, initializer=name_os_thread,
+                                            initargs=(THREAD_NAME,))
 
     async def run(self, fn: Callable[..., T], *args) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)

@@ -12,8 +12,9 @@ import random
 import struct
 import threading
 import wave
-from contextlib import redirect_stdout
+from contextlib import contextmanager, redirect_stdout
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Iterator
 
 import httpx
 import numpy as np
@@ -163,15 +164,22 @@ class _TooManyRequests(BaseHTTPRequestHandler):
         pass
 
 
-def test_429_answers_are_counted_by_status(tmp_path, capsys):
-    stub = ThreadingHTTPServer(("127.0.0.1", 0), _TooManyRequests)
+@contextmanager
+def stub_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """The base URL of a server on loopback answering with `handler`, stopped on leaving."""
+    stub = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=stub.serve_forever, daemon=True).start()
     try:
-        code = main(["--base-url", f"http://127.0.0.1:{stub.server_port}", "--api", "openai", "--rate", "50",
-                     "--requests", "5", "--out", str(tmp_path)])
+        yield f"http://127.0.0.1:{stub.server_port}"
     finally:
         stub.shutdown()
         stub.server_close()
+
+
+def test_429_answers_are_counted_by_status(tmp_path, capsys):
+    with stub_server(_TooManyRequests) as base_url:
+        code = main(["--base-url", base_url, "--api", "openai", "--rate", "50", "--requests", "5",
+                     "--out", str(tmp_path)])
     assert code == 1
     assert "429: 5 requests (too many requests in flight)" in capsys.readouterr().out
     summary = json.loads((tmp_path / "results.json").read_text())["levels"][0]["summary"]
@@ -196,14 +204,9 @@ class _CutMidStream(BaseHTTPRequestHandler):
 
 
 def test_a_stream_cut_short_is_counted_as_a_transport_error(tmp_path, capsys):
-    stub = ThreadingHTTPServer(("127.0.0.1", 0), _CutMidStream)
-    threading.Thread(target=stub.serve_forever, daemon=True).start()
-    try:
-        code = main(["--base-url", f"http://127.0.0.1:{stub.server_port}", "--api", "openai", "--format", "pcm",
-                     "--concurrency", "2", "--requests", "3", "--warmup", "0", "--out", str(tmp_path)])
-    finally:
-        stub.shutdown()
-        stub.server_close()
+    with stub_server(_CutMidStream) as base_url:
+        code = main(["--base-url", base_url, "--api", "openai", "--format", "pcm", "--concurrency", "2",
+                     "--requests", "3", "--warmup", "0", "--out", str(tmp_path)])
     assert code == 1
     assert "transport: 3 requests" in capsys.readouterr().out
     summary = json.loads((tmp_path / "results.json").read_text())["levels"][0]["summary"]

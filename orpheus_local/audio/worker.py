@@ -278,7 +278,7 @@ class CodecWorker:
         self.core.close()
 
     def _run(self) -> None:
-        name_os_thread("orpheus-codec")
+        name_os_thread()  # the name given to its Thread
         while not self._stopping:
             if not self.core.has_waiting():  # windows left by the last step's budget: no pause
                 self._wake_event.wait(timeout=TICK_S if self.core.has_work() else None)

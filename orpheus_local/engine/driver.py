@@ -88,7 +88,7 @@ class EngineDriver:
 
     # --- engine thread ---
     def _run(self) -> None:
-        name_os_thread("orpheus-engine")
+        name_os_thread()  # the name given to its Thread
         while not self._closing:
             if not self.core.has_work():
                 self._wake.wait(timeout=IDLE_WAIT_S)

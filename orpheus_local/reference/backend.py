@@ -96,7 +96,7 @@ class ReferenceBackend:
             self._thread.join(timeout=10)
 
     def _run(self) -> None:
-        name_os_thread("orpheus-reference")
+        name_os_thread()  # the name given to its Thread
         while not self._closing:
             try:
                 stream, prompt_ids, params, ignore_eos, max_tokens = self._queue.get(timeout=0.5)
