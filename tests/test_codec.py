@@ -10,7 +10,7 @@ import torch
 
 from orpheus_local import tokens as fmt
 from orpheus_local.audio.snac import SnacCodec, iter_stream
-from orpheus_local.audio.windows import FRAME_SECONDS, StreamDecoder
+from orpheus_local.audio.windows import FRAME_SECONDS, DecodeCost, StreamDecoder
 from orpheus_local.weights.checkpoint import load_snac
 from orpheus_local.weights.demo import build_demo_snac
 
@@ -174,6 +174,38 @@ def test_a_worker_that_skips_streams_which_can_wait_gets_the_same_windows_at_the
         tick += 1
     assert seen["skipping"] == seen["every"] and len(seen["every"]) > 4
     assert asked < tick / 2  # most ticks cost nothing for this stream
+
+
+def test_a_rise_in_the_shared_decode_cost_makes_every_stream_look_again_and_a_small_one_does_not():
+    now = [0.0]
+    cost = DecodeCost()
+    decoders = [StreamDecoder(clock=lambda: now[0], cost=cost) for _ in range(2)]
+    for d in decoders:  # 16 frames (1.4 s) emitted at once, ahead of the listener
+        d.push(random_frames(17))
+        assert d.ready_window().count == 16
+    now[0] = 0.1
+    for d in decoders:
+        d.push(random_frames(1))
+        assert d.ready_window() is None and d.can_wait()  # looked at: not due for a while
+    cost.per_frame = 0.004  # the codec measures its cost: a wider margin may bring windows forward
+    assert not any(d.can_wait() for d in decoders)
+    for d in decoders:
+        assert d.ready_window() is None and d.can_wait()  # looked at again with it: still not due
+    cost.per_frame = 0.0049  # less than a quarter above the cost they looked with
+    assert all(d.can_wait() for d in decoders)
+
+
+async def test_the_codec_core_hands_its_measured_cost_to_every_open_stream():
+    from orpheus_local.audio.worker import CodecCore
+
+    codec = ScriptedCodec(seconds_per_frame=0.002)
+    core = CodecCore(codec, clock=lambda: codec.now)
+    decoded, waiting = core.open(noise_key=1), core.open(noise_key=2)
+    decoded.push(random_frames(2))
+    assert core.step() == 1  # decoded's first window (2 frames); waiting has no frame yet
+    assert decoded.decoder.decode_seconds_per_frame == waiting.decoder.decode_seconds_per_frame == 0.002
+    whole = core.open(noise_key=3, whole_file=True)
+    assert whole.decoder.decode_seconds_per_frame == 0.002  # a stream opened later reads it too
 
 
 @pytest.mark.parametrize("code", [0, fmt.CODEBOOK_SIZE - 1])

@@ -23,6 +23,16 @@ from orpheus_local.audio.noise import new_noise_key
 FRAME_SECONDS = fmt.SAMPLES_PER_FRAME / fmt.SAMPLE_RATE
 
 
+class DecodeCost:
+    """The codec's measured decode time per frame, one cell shared by the decoders of its streams:
+    whoever decodes writes it once per call instead of handing it to every stream."""
+
+    __slots__ = ("per_frame",)
+
+    def __init__(self, per_frame: float = 0.0):
+        self.per_frame = per_frame
+
+
 @dataclass(frozen=True)
 class Window:
     """Frames to decode together; the samples of frames [left, left + count) are the chunk."""
@@ -63,13 +73,14 @@ class StreamDecoder:
     bytes on every run; three frames of context on each side cover the decoder's reach (2.25 frames),
     so the seams are far below the 16-bit step. Latency does not matter there: nobody listens yet.
 
-    noise_key seeds the stream's codec noise (None: a fresh key). push(), push_ids() and finish() may
-    be called from another thread than ready_window().
+    noise_key seeds the stream's codec noise (None: a fresh key). cost: the codec's measured decode
+    cost, shared with the other streams it decodes (None: this decoder's own, zero until set).
+    push(), push_ids() and finish() may be called from another thread than ready_window().
     """
 
     def __init__(self, *, left_context: int = 2, right_context: int = 1, max_chunk: int = 32,
                  margin_s: float = 0.1, clock: Callable[[], float] = time.monotonic,
-                 noise_key: int | None = None, fixed: bool = False):
+                 noise_key: int | None = None, fixed: bool = False, cost: DecodeCost | None = None):
         self.left_context, self.right_context = left_context, right_context
         self.max_chunk, self.margin_s, self._clock = max_chunk, margin_s, clock
         self.noise_key = new_noise_key() if noise_key is None else noise_key
@@ -86,13 +97,13 @@ class StreamDecoder:
         # it): lets whoever decodes skip this stream on a tick without taking its lock.
         self._look_at = 0.0
         # Measured codec cost, kept up to date by whoever decodes the windows (the codec worker).
-        self._decode_cost = 0.0
+        self._cost = cost or DecodeCost()
         self._look_cost = 0.0  # the cost _look_at was worked out with
 
     @classmethod
-    def whole_file(cls, noise_key: int | None = None) -> "StreamDecoder":
+    def whole_file(cls, noise_key: int | None = None, cost: DecodeCost | None = None) -> "StreamDecoder":
         """Fixed windows for audio returned whole: the same frames and key give the same samples."""
-        return cls(left_context=3, right_context=3, max_chunk=32, noise_key=noise_key, fixed=True)
+        return cls(left_context=3, right_context=3, max_chunk=32, noise_key=noise_key, fixed=True, cost=cost)
 
     @property
     def frames_pushed(self) -> int:
@@ -100,20 +111,20 @@ class StreamDecoder:
 
     @property
     def decode_seconds_per_frame(self) -> float:
-        return self._decode_cost
+        return self._cost.per_frame
 
     @decode_seconds_per_frame.setter
     def decode_seconds_per_frame(self, seconds: float) -> None:
-        self._decode_cost = seconds
-        # A larger margin may bring the next window forward; not one that waits for a frame (its
-        # look found none ready), which the frame's push will wake up for if it is then due.
-        if seconds > 1.25 * self._look_cost and self._look_at != math.inf:
-            self._look_at = 0.0
+        self._cost.per_frame = seconds  # for every decoder sharing the cost
 
     def can_wait(self) -> bool:
         """No window can be due now: ready_window() would say None. Lock-free and cheap, for a
         worker that looks at hundreds of streams on every tick."""
-        return self._look_at > self._clock()
+        look_at = self._look_at
+        if look_at == math.inf:  # waiting for a frame, whose push wakes up for it if it is then due
+            return True
+        # A decode cost risen since the look widens the margin, which may bring the window forward.
+        return look_at > self._clock() and self._cost.per_frame <= 1.25 * self._look_cost
 
     @property
     def done(self) -> bool:
@@ -226,7 +237,7 @@ class StreamDecoder:
         the margin of the largest window that is not full, and halved towards now, as the measured
         decode cost may still rise."""
         now = self._clock()
-        self._look_cost = self._decode_cost
+        self._look_cost = self._cost.per_frame
         largest = self.max_chunk + self.left_context + self.right_context
         margin = self.margin_s + self.decode_seconds_per_frame * largest
         # With P frames since the first push at t0, and the audio in hand at time T being C - T (the

@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 
 from orpheus_local.audio.snac import SnacCodec
-from orpheus_local.audio.windows import StreamDecoder, Window
+from orpheus_local.audio.windows import DecodeCost, StreamDecoder, Window
 from orpheus_local.errors import NotReadyError
 from orpheus_local.handoff import Delivery, Handoff
 from orpheus_local.thread_names import name_os_thread
@@ -109,10 +109,11 @@ class CodecCore:
         self._streams: list[AudioStream] = []
         self._closed = False
         self._lock = threading.Lock()
-        # Measured decode cost per frame (exponential average), read by the streams' decoders to
-        # leave room for decoding their next chunk, and by backlog_seconds(). Written by the stepping
-        # thread only.
+        # Measured decode cost per frame (exponential average), read by backlog_seconds() and, through
+        # the cell they share, by the streams' decoders, to leave room for decoding their next chunk.
+        # Written by the stepping thread only.
         self._per_frame: float | None = None
+        self._cost = DecodeCost()
         # Per stream, its next window, taken from the decoder but left for a later step by the budget.
         self._waiting: dict[AudioStream, _Queued] = {}
         self._steps = 0
@@ -122,7 +123,8 @@ class CodecCore:
         """A new stream, on the running event loop. noise_key seeds its codec noise (None: fresh
         noise). whole_file: its audio is returned whole, so it is decoded in fixed windows, the same
         bytes on every run (StreamDecoder.whole_file); otherwise in windows paced for a listener."""
-        decoder = StreamDecoder.whole_file(noise_key) if whole_file else StreamDecoder(noise_key=noise_key)
+        decoder = (StreamDecoder.whole_file(noise_key, self._cost) if whole_file
+                   else StreamDecoder(noise_key=noise_key, cost=self._cost))
         stream = AudioStream(decoder, self._wake)
         with self._lock:
             if self._closed:
@@ -168,8 +170,19 @@ class CodecCore:
             streams = list(self._streams)
             waiting = dict(self._waiting)
         self._steps += 1
-        live = [s for s in streams if not s.cancelled.is_set() and s.failure is None]
-        queue = [q for s in live if (q := waiting.get(s) or self._next(s)) is not None]
+        # One pass over the open streams. Only those whose decoder is asked for a window (one that
+        # cannot wait, or one with a window already waiting) can have run out: the end of a
+        # stream's frames makes it look again.
+        gone: list[AudioStream] = []
+        looked: list[AudioStream] = []
+        queue: list[_Queued] = []
+        for s in streams:
+            if s.cancelled.is_set() or s.failure is not None:
+                gone.append(s)
+            elif (q := waiting.get(s)) is not None or not s.decoder.can_wait():
+                looked.append(s)
+                if q is not None or (q := self._take(s)) is not None:
+                    queue.append(q)
         heapq.heapify(queue)
         chosen: list[_Queued] = []
         frames = 0
@@ -183,25 +196,27 @@ class CodecCore:
             self._waiting = {q[2]: q for q in queue} if not self._closed else {}
             left = set(self._waiting)
         # First windows in a call of their own, handed out before the rest is decoded.
-        self._decode([(s, w) for (rank, _, _), w, s in chosen if rank == 0], live)
-        self._decode([(s, w) for (rank, _, _), w, s in chosen if rank != 0], live)
-        ended = [s for s in streams
-                 if s.cancelled.is_set() or s.failure is not None or (s.decoder.done and s not in left)]
+        self._decode([(s, w) for (rank, _, _), w, s in chosen if rank == 0])
+        self._decode([(s, w) for (rank, _, _), w, s in chosen if rank != 0])
+        ended = gone + [s for s in looked if s.failure is not None or (s.decoder.done and s not in left)]
         delivery = Delivery()
         for s in ended:
             delivery.finish(s, s.failure)
         delivery.send()
         if ended:
+            ended_set = set(ended)
             with self._lock:
-                self._streams = [s for s in self._streams if s not in ended]
+                self._streams = [s for s in self._streams if s not in ended_set]
                 for s in ended:
                     self._waiting.pop(s, None)
         return len(chosen)
 
     def _next(self, stream: AudioStream) -> _Queued | None:
         """The stream's next ready window with its priority key, or None."""
-        if stream.decoder.can_wait():
-            return None
+        return None if stream.decoder.can_wait() else self._take(stream)
+
+    def _take(self, stream: AudioStream) -> _Queued | None:
+        """_next() for a stream whose decoder cannot wait."""
         try:
             window = stream.decoder.ready_window()
         except ValueError as exc:  # ids pushed that are not audio ids: this stream fails, the rest go on
@@ -213,14 +228,14 @@ class CodecCore:
         age = self._steps + (WHOLE_FILE_LAG_STEPS if window.alone else 0)
         return (rank, age, next(self._sequence)), window, stream
 
-    def _decode(self, batch: list[tuple[AudioStream, Window]], streams: list[AudioStream]) -> None:
+    def _decode(self, batch: list[tuple[AudioStream, Window]]) -> None:
         batch = [(s, w) for s, w in batch if s.failure is None]  # a failed earlier call ended these
         if not batch:
             return
         try:
             started = self._clock()
             chunks = self.codec.decode_windows([w for _, w in batch])
-            self._observe(self._clock() - started, sum(len(w.frames) for _, w in batch), streams)
+            self._observe(self._clock() - started, sum(len(w.frames) for _, w in batch))
         except Exception as exc:  # fail the streams of this call, keep serving the others
             log.exception("codec decode failed")
             for s, _ in batch:
@@ -231,12 +246,11 @@ class CodecCore:
                 delivery.put(s, pcm)
             delivery.send()
 
-    def _observe(self, seconds: float, frames: int, streams: list[AudioStream]) -> None:
+    def _observe(self, seconds: float, frames: int) -> None:
         per_frame = seconds / max(frames, 1)
         with self._lock:
             self._per_frame = per_frame if self._per_frame is None else 0.8 * self._per_frame + 0.2 * per_frame
-        for s in streams:
-            s.decoder.decode_seconds_per_frame = self._per_frame
+        self._cost.per_frame = self._per_frame
 
 
 class CodecWorker:
