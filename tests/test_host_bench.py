@@ -74,3 +74,17 @@ def test_bench_host_gives_each_client_process_at_most_256_streams():
     from bench.host import client_processes
 
     assert [client_processes(levels) for levels in ([2], [16, 64, 256], [257], [300, 600])] == [1, 1, 2, 3]
+
+
+def test_bench_codec_step_measures_each_tree_in_its_own_processes_and_gives_their_ratio(tmp_path):
+    from bench import codec_step
+
+    out = tmp_path / "codec-step.json"
+    codec_step.main(["--streams", "4", "16", "--steps", "50", "--rounds", "1", "--against", str(codec_step.ROOT),
+                     "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert [level["streams"] for level in result["levels"]] == [4, 16]
+    for level in result["levels"]:
+        for key in ("idle_step_us", "cost_handover_us"):
+            assert level[f"{key}_this"] > 0 and level[f"{key}_against"] > 0
+            assert level[f"{key}_ratio"] == round(level[f"{key}_against"] / level[f"{key}_this"], 2)
