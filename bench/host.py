@@ -8,10 +8,10 @@ codec worker and encoders as served; each engine step sleeps S ms with the GIL r
 step waits in its host sync; the codec costs nothing) and drives it with the project's own bench
 client, from --client-processes processes of its own (by default one per 256 streams of the highest
 level). Each level reports the server process's CPU time per second of audio served (from /proc), in
-all and by thread (event loop, engine, codec, encoders), the real-time streams, the time to first
-audio, the mean wall time of an engine step against the simulated one, and the clients' own CPU time
-(when it nears their wall time, the clients are measuring themselves). Every request speaks 3.7 s of
-audio.
+all and by thread (event loop, engine, codec, encoders), how often each thread was woken, the
+real-time streams, the time to first audio, the mean wall time of an engine step against the
+simulated one, and the clients' own CPU time (when it nears their wall time, the clients are
+measuring themselves). Every request speaks 3.7 s of audio.
 """
 
 from __future__ import annotations
@@ -60,17 +60,28 @@ THREAD_ROLES = {"orpheus-engine": "engine", "orpheus-codec": "codec", "orpheus-e
 ROLES = ("event loop", "engine", "codec", "encoders", "other")
 
 
-def thread_cpu_seconds(pid: int) -> dict[str, float]:
-    """CPU seconds so far of a server's threads, summed by role (ROLES; Linux). A thread that has
-    ended is no longer counted: the server's threads live as long as it does."""
-    seconds = dict.fromkeys(ROLES, 0.0)
+def _voluntary_switches(status: Path) -> int:
+    """The times a thread gave up its CPU to wait (for a lock, a sleep, a socket), from its /proc
+    status file: each is a wake-up later, and on a VM a wake-up costs tens of microseconds."""
+    for line in status.read_text().splitlines():
+        if line.startswith("voluntary_ctxt_switches:"):
+            return int(line.split()[1])
+    return 0
+
+
+def thread_totals(pid: int) -> dict[str, tuple[float, int]]:
+    """(CPU seconds, wake-ups) so far of a server's threads, summed by role (ROLES; Linux). A thread
+    that has ended is no longer counted: the server's threads live as long as it does."""
+    totals = dict.fromkeys(ROLES, (0.0, 0))
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             name, cpu = (task / "comm").read_text().strip(), _stat_cpu_seconds(task / "stat")
+            wakeups = _voluntary_switches(task / "status")
         except OSError:  # the thread ended meanwhile
             continue
-        seconds["event loop" if task.name == str(pid) else THREAD_ROLES.get(name, "other")] += cpu
-    return seconds
+        role = "event loop" if task.name == str(pid) else THREAD_ROLES.get(name, "other")
+        totals[role] = (totals[role][0] + cpu, totals[role][1] + wakeups)
+    return totals
 
 
 def engine_steps(base_url: str) -> tuple[float, float] | None:
@@ -126,11 +137,13 @@ def measure_level(pool: ProcessPoolExecutor, processes: int, pid: int, base_url:
     shares = [(concurrency * (i + 1) // processes - concurrency * i // processes,
                requests * (i + 1) // processes - requests * i // processes) for i in range(processes)]
     steps_before = engine_steps(base_url)
-    before, threads_before = cpu_seconds(pid), thread_cpu_seconds(pid)
+    before, threads_before = cpu_seconds(pid), thread_totals(pid)
     futures = [pool.submit(_client_share, base_url, audio_format, c, n) for c, n in shares if c and n]
     outcomes = [f.result() for f in futures]
     cpu = cpu_seconds(pid) - before
-    by_thread = {role: seconds - threads_before[role] for role, seconds in thread_cpu_seconds(pid).items()}
+    threads_after = thread_totals(pid)
+    by_thread = {role: threads_after[role][0] - threads_before[role][0] for role in ROLES}
+    wakeups = {role: threads_after[role][1] - threads_before[role][1] for role in ROLES}
     steps_after = engine_steps(base_url)
     step_ms = None
     if steps_before and steps_after and steps_after[0] > steps_before[0]:
@@ -146,6 +159,10 @@ def measure_level(pool: ProcessPoolExecutor, processes: int, pid: int, base_url:
         # the same, thread by thread: which of the server's threads spends it
         "server_cpu_ms_per_audio_s_by_thread": {role: round(1000 * seconds / s.audio_seconds, 2)
                                                 for role, seconds in by_thread.items()} if s.audio_seconds else None,
+        # how often each thread was woken, per second of the level: on a VM each wake-up costs tens
+        # of microseconds of CPU on top of the work it wakes for
+        "server_wakeups_per_s_by_thread": {role: round(count / s.wall_seconds) for role, count in wakeups.items()}
+                                          if s.wall_seconds else None,
         "realtime_streams": s.realtime_streams, "streams": s.streams_accounted,
         "ttfa_p50_ms": None if s.ttfa_p50 is None else round(1000 * s.ttfa_p50),
         "ttfa_p99_ms": None if s.ttfa_p99 is None else round(1000 * s.ttfa_p99),
@@ -212,6 +229,8 @@ def main(argv: list[str] | None = None) -> None:
                                       if r["concurrency"] == middle},
         "server_cpu_ms_per_audio_s_by_thread": {r["format"]: r["server_cpu_ms_per_audio_s_by_thread"] for r in rows
                                                 if r["concurrency"] == middle},
+        "server_wakeups_per_s_by_thread": {r["format"]: r["server_wakeups_per_s_by_thread"] for r in rows
+                                           if r["concurrency"] == middle},
         # The highest concurrency at which every stream played without running dry and the p99 time to
         # first audio stayed under 500 ms; None where playback cannot be followed (compressed formats).
         "realtime_streams": {fmt: _realtime(rows, fmt) for fmt in args.formats},

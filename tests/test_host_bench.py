@@ -66,6 +66,10 @@ def test_bench_host_reports_cpu_per_audio_second_for_each_format(tmp_path):
     assert by_thread["event loop"] > 0 and by_thread["engine"] > 0
     tick_ms_per_audio_s = 10 / level["audio_s"]
     assert abs(sum(by_thread.values()) - level["server_cpu_ms_per_audio_s"]) <= 6 * tick_ms_per_audio_s
+    # wake-ups: the engine sleeps in every simulated step (a request speaks 301 ids, one a step)
+    wakeups = result["server_wakeups_per_s_by_thread"]["pcm"]
+    assert set(wakeups) == set(by_thread) and wakeups == level["server_wakeups_per_s_by_thread"]
+    assert wakeups["engine"] * level["wall_s"] >= 290 and wakeups["codec"] > 0
     assert set(result["realtime_streams"]) == {"pcm"}  # its value depends on this machine's speed
     assert result["client_processes"] == 1
 
