@@ -56,7 +56,7 @@ def measure(streams: int, steps: int) -> dict[str, float]:
     return asyncio.run(run())
 
 
-def _in_process(source: Path, streams: int, steps: int) -> dict[str, float]:
+def _measure_in_subprocess(source: Path, streams: int, steps: int) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": str(source), "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, __file__, "--worker", str(streams), str(steps)], env=env,
                          capture_output=True, text=True, check=True).stdout
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
         runs: dict[str, list[dict]] = {name: [] for name in trees}
         for _ in range(args.rounds):
             for name, tree in trees.items():
-                runs[name].append(_in_process(tree, streams, args.steps))
+                runs[name].append(_measure_in_subprocess(tree, streams, args.steps))
         level: dict = {"streams": streams}
         for name in trees:
             for key in ("idle_step_us", "cost_handover_us"):
